@@ -1,0 +1,1 @@
+"""Load scenarios for whispr (python -m loadtest)."""

@@ -1,0 +1,3 @@
+from whispr.cli import main
+
+raise SystemExit(main())

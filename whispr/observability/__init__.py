@@ -1,0 +1,1 @@
+"""Telemetry events, and the Prometheus metrics and logs that subscribe to them."""

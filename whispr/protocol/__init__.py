@@ -1,0 +1,1 @@
+"""Sans-I/O Phoenix Channels core: messages, serializers and the per-socket session state machine."""
