@@ -1,0 +1,1 @@
+"""Trio I/O for client sockets: listener, HTTP front door, WebSocket connections, outboxes."""
