@@ -1,0 +1,1 @@
+"""Tests of whispr.security and the Redis limiter backend."""

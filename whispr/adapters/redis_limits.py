@@ -1,0 +1,108 @@
+"""The Redis backend of `whispr.security.limits.Limiter`: one budget per key for the whole cluster.
+
+Rules (reliability B8, S11; spec issue §5.1):
+- Each operation is one Lua script or one command, so it is atomic: concurrent hits from any number
+  of nodes never overshoot a limit (the spec's GET-then-INCR does).
+- Every key is written together with its TTL in that same atomic step, so no key is ever left
+  without one (a crash between INCR and EXPIRE would block a user forever).
+- The arithmetic is that of `limits.TokenBucket` and `limits.SlidingWindow`, on integer
+  microseconds of the injected clock (default: wall time, shared by all nodes through NTP; a node
+  whose clock lags only sees slightly fewer tokens). Blocks are Redis key TTLs, i.e. real time.
+- Every `redis.RedisError` becomes `LimiterUnavailable`, raised from it.
+
+Keys: `whispr:limit:<rate name>:<subject>` (string or sorted set), `whispr:block:<subject>` (string).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import trio_asyncio
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from whispr.security.limits import ALLOWED, MICROS, Decision, LimiterUnavailable, Rate
+
+# GCRA (limits.TokenBucket). KEYS: bucket. ARGV: now_us, interval_us, burst_us.
+# Returns 0 when allowed, else the µs to wait. The key lives exactly until the bucket is full again.
+_TOKEN_BUCKET = """
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now) + interval
+if tat - now > burst then
+  return tat - burst - now
+end
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
+return 0
+"""
+
+# Sliding window log (limits.SlidingWindow). KEYS: sorted set of accepted hit times.
+# ARGV: now_us, period_us, limit, a nonce that keeps members unique. Returns as above.
+_SLIDING_WINDOW = """
+local now = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - period))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return tonumber(oldest[2]) + period - now
+end
+redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[4])
+redis.call('PEXPIRE', KEYS[1], math.ceil(period / 1000))
+return 0
+"""
+
+# KEYS: block. ARGV: ms. Only ever lengthens a block; value and TTL are set by one SET.
+_BLOCK = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 0
+"""
+
+
+class RedisLimiter:
+    """`Limiter` on a shared Redis. Build one per node on a client from `redis_client.open_redis`.
+
+    Every method is one round trip across the trio-asyncio bridge (about 0.5 ms), bounded by the
+    client's socket timeout; cancellable (a cancelled script has run entirely or not at all).
+    Must be used inside `trio_asyncio.open_loop()`.
+    """
+
+    def __init__(self, client: Redis, clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self._clock = clock
+        self._token_bucket = client.register_script(_TOKEN_BUCKET)
+        self._sliding_window = client.register_script(_SLIDING_WINDOW)
+        self._block = client.register_script(_BLOCK)
+
+    async def hit(self, rate: Rate, subject: str) -> Decision:
+        """See `Limiter.hit`. Raises `LimiterUnavailable` when Redis fails."""
+        key = f"whispr:limit:{rate.name}:{subject}"
+        now = round(self._clock() * MICROS)
+        if rate.algorithm == "token_bucket":
+            wait = await self._run(self._token_bucket, key, [now, rate.interval_us, rate.interval_us * rate.limit])
+        else:
+            wait = await self._run(self._sliding_window, key, [now, rate.period_us, rate.limit, os.urandom(8).hex()])
+        return ALLOWED if wait == 0 else Decision(False, wait / MICROS)
+
+    async def block(self, subject: str, seconds: float) -> None:
+        """See `Limiter.block`. Raises `LimiterUnavailable` when Redis fails."""
+        await self._run(self._block, f"whispr:block:{subject}", [max(1, round(seconds * 1000))])
+
+    async def blocked_for(self, subject: str) -> float:
+        """See `Limiter.blocked_for`. Raises `LimiterUnavailable` when Redis fails."""
+        try:
+            ms = await trio_asyncio.aio_as_trio(self._client.pttl)(f"whispr:block:{subject}")
+        except RedisError as exc:
+            raise LimiterUnavailable(f"redis PTTL failed: {exc}") from exc
+        return ms / 1000 if ms > 0 else 0.0
+
+    async def _run(self, script: object, key: str, args: Sequence[int | str]) -> int:
+        try:
+            result = await trio_asyncio.aio_as_trio(script)(keys=[key], args=args)
+        except RedisError as exc:
+            raise LimiterUnavailable(f"redis script failed: {exc}") from exc
+        return int(result)

@@ -1,0 +1,329 @@
+"""Connection, rate and size limits (contract §5), with one limiter interface and two backends.
+
+- `Limiter` is the interface for the limits that must hold across nodes: connect attempts per IP,
+  messages per user, and `blocked` marks. `LocalLimiter` (here; the embedded default) and
+  `whispr.adapters.redis_limits.RedisLimiter` (one budget for the whole cluster) implement it.
+  `FallbackLimiter` runs the Redis one with a local one behind it (reliability S11: fail safe,
+  never fail open).
+- `ConnectionSlots` counts the live sockets (and pending handshakes) of each client IP on this
+  node. It is deliberately per node: a slot belongs to a socket this process holds, and a shared
+  counter would leak the slots of a node that dies.
+- `SlidingWindow` and `TokenBucket` are the two algorithms as pure objects on integer microseconds
+  (exact at the boundary, no float drift). The Redis backend runs the same arithmetic in Lua.
+  The join limit is per socket, so the socket holds its own `SlidingWindow`.
+- `content_too_large` counts UTF-8 bytes (trio-websocket counts characters; reliability §0, S10).
+
+Theory of operation:
+- Token bucket, as GCRA (the virtual-scheduling form of a bucket of `limit` tokens refilled at
+  `limit / period` per second): each accepted hit pushes the theoretical arrival time `tat` one
+  interval T = period / limit later; a hit is refused when that would put `tat` more than
+  `limit * T` ahead of now. `limit` hits pass at once; then one per T. Contract: messages.
+- Sliding window log: a hit passes when fewer than `limit` accepted hits lie in (now - period, now].
+  Exactly "at most N in any period" (spec §9.2 counts: > 20 connects / 300 s, > 30 joins / 60 s).
+  Refused hits are not recorded, so memory per key is bounded by `limit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import trio
+
+RateAlgorithm = Literal["token_bucket", "sliding_window"]
+MICROS = 1_000_000
+SWEEP_EVERY_US = 60 * MICROS  # how often LocalLimiter forgets idle keys
+
+_log = logging.getLogger("whispr.security")
+
+
+class LimiterUnavailable(Exception):
+    """The limiter's backend (Redis) failed; raised `from` the backend's own error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """`limit` hits per `period` seconds for each subject; `name` namespaces the keys.
+
+    Raises:
+        ValueError: a non-positive limit or period, or a name with ':' or spaces.
+    """
+
+    name: str
+    limit: int
+    period: float
+    algorithm: RateAlgorithm = "token_bucket"
+
+    def __post_init__(self) -> None:
+        if self.limit < 1 or not self.period > 0:
+            raise ValueError(f"rate {self.name!r} needs limit >= 1 and period > 0")
+        if not self.name or not self.name.isidentifier():
+            raise ValueError(f"rate name {self.name!r} must be an identifier")
+
+    @property
+    def interval_us(self) -> int:
+        """T, the token bucket's refill interval, in whole microseconds."""
+        return max(1, round(self.period * MICROS / self.limit))
+
+    @property
+    def period_us(self) -> int:
+        return round(self.period * MICROS)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Contract §5 defaults."""
+
+    connections_per_ip: int = 10
+    connect_rate: Rate = Rate("connect", 20, 300.0, "sliding_window")
+    message_rate: Rate = Rate("message", 100, 60.0, "token_bucket")
+    join_rate: Rate = Rate("join", 30, 60.0, "sliding_window")
+    max_content_bytes: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one hit. `retry_after` (seconds) is 0 when allowed, else when a hit would pass."""
+
+    allowed: bool
+    retry_after: float = 0.0
+
+    @property
+    def retry_after_ms(self) -> int:
+        return math.ceil(self.retry_after * 1000)
+
+
+ALLOWED = Decision(True)
+
+
+class Limiter(Protocol):
+    """Cluster-relevant rate limits and blocks. Subjects are strings such as an IP or a user id.
+
+    Every method is a checkpoint and may block on the backend's I/O (one Redis round trip, bounded
+    by the client's socket timeout). Cancellable; a cancelled call has either taken effect fully
+    or not at all (each is one atomic step).
+    """
+
+    async def hit(self, rate: Rate, subject: str) -> Decision:
+        """Count one hit of `subject` against `rate`; refused hits consume nothing.
+
+        Raises:
+            LimiterUnavailable: the backend failed (never raised by `LocalLimiter`).
+        """
+        ...
+
+    async def block(self, subject: str, seconds: float) -> None:
+        """Mark `subject` blocked for `seconds` (a later, longer block extends it).
+
+        Raises:
+            LimiterUnavailable: the backend failed.
+        """
+        ...
+
+    async def blocked_for(self, subject: str) -> float:
+        """Seconds left on `subject`'s block, 0.0 when it is not blocked.
+
+        Raises:
+            LimiterUnavailable: the backend failed.
+        """
+        ...
+
+
+def ip_subject(client_ip: str) -> str:
+    return f"ip:{client_ip}"
+
+
+def user_subject(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+class TokenBucket:
+    """GCRA state for one subject (see the module docstring). Not thread-safe; no I/O."""
+
+    __slots__ = ("_burst", "_interval", "_tat")
+
+    def __init__(self, rate: Rate) -> None:
+        self._interval = rate.interval_us
+        self._burst = rate.interval_us * rate.limit
+        self._tat = 0  # invariant: accepted hits so far fit in [.., tat]; tat <= now + burst
+
+    def hit(self, now_us: int) -> Decision:
+        tat = max(self._tat, now_us) + self._interval
+        if tat - now_us > self._burst:
+            return Decision(False, (tat - self._burst - now_us) / MICROS)
+        self._tat = tat
+        return ALLOWED
+
+    def idle(self, now_us: int) -> bool:
+        """True when the bucket is full again, i.e. forgetting it changes nothing."""
+        return self._tat <= now_us
+
+
+class SlidingWindow:
+    """Sliding-window-log state for one subject (see the module docstring). Not thread-safe; no I/O."""
+
+    __slots__ = ("_events", "_limit", "_period")
+
+    def __init__(self, rate: Rate) -> None:
+        self._limit = rate.limit
+        self._period = rate.period_us
+        self._events: deque[int] = deque()  # accepted hit times, oldest first; len <= limit
+
+    def hit(self, now_us: int) -> Decision:
+        events = self._events
+        while events and events[0] <= now_us - self._period:
+            events.popleft()
+        if len(events) >= self._limit:
+            return Decision(False, (events[0] + self._period - now_us) / MICROS)
+        events.append(now_us)
+        return ALLOWED
+
+    def idle(self, now_us: int) -> bool:
+        return not self._events or self._events[-1] <= now_us - self._period
+
+
+def _new_state(rate: Rate) -> TokenBucket | SlidingWindow:
+    return TokenBucket(rate) if rate.algorithm == "token_bucket" else SlidingWindow(rate)
+
+
+class LocalLimiter:
+    """The in-process `Limiter`: the embedded default, one node's budget.
+
+    `clock` returns seconds; the default `trio.current_time` makes tests run on Trio's virtual clock.
+    Idle keys and lapsed blocks are forgotten at most every minute, so memory follows the active subjects.
+    """
+
+    def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
+        self._clock = clock
+        self._states: dict[tuple[Rate, str], TokenBucket | SlidingWindow] = {}
+        self._blocks: dict[str, int] = {}  # subject -> end of block, µs on `clock`
+        self._next_sweep = 0
+
+    async def hit(self, rate: Rate, subject: str) -> Decision:
+        await trio.lowlevel.checkpoint()
+        now = self._now()
+        state = self._states.get((rate, subject))
+        if state is None:
+            state = self._states[rate, subject] = _new_state(rate)
+        return state.hit(now)
+
+    async def block(self, subject: str, seconds: float) -> None:
+        await trio.lowlevel.checkpoint()
+        until = self._now() + round(seconds * MICROS)
+        self._blocks[subject] = max(until, self._blocks.get(subject, 0))
+
+    async def blocked_for(self, subject: str) -> float:
+        await trio.lowlevel.checkpoint()
+        left = self._blocks.get(subject, 0) - self._now()
+        return left / MICROS if left > 0 else 0.0
+
+    def _now(self) -> int:
+        now = round(self._clock() * MICROS)
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY_US
+            self._states = {key: state for key, state in self._states.items() if not state.idle(now)}
+            self._blocks = {subject: until for subject, until in self._blocks.items() if until > now}
+        return now
+
+
+class FallbackLimiter:
+    """`primary` (Redis) while it works, `fallback` (local) while it fails (reliability S11).
+
+    During an outage each node enforces the limits on its own: at most one budget per node, never
+    none. Every call still tries `primary` first, so service resumes with its first success; a
+    warning is logged when the outage starts and an info line when it ends. Never raises
+    `LimiterUnavailable`.
+    """
+
+    def __init__(self, primary: Limiter, fallback: Limiter) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._degraded = False
+
+    async def hit(self, rate: Rate, subject: str) -> Decision:
+        try:
+            decision = await self._primary.hit(rate, subject)
+        except LimiterUnavailable as exc:
+            self._failed(exc)
+            return await self._fallback.hit(rate, subject)
+        self._recovered()
+        return decision
+
+    async def block(self, subject: str, seconds: float) -> None:
+        await self._fallback.block(subject, seconds)  # also locally: it must hold through an outage
+        try:
+            await self._primary.block(subject, seconds)
+        except LimiterUnavailable as exc:
+            self._failed(exc)
+        else:
+            self._recovered()
+
+    async def blocked_for(self, subject: str) -> float:
+        local = await self._fallback.blocked_for(subject)
+        try:
+            shared = await self._primary.blocked_for(subject)
+        except LimiterUnavailable as exc:
+            self._failed(exc)
+            return local
+        self._recovered()
+        return max(local, shared)
+
+    def _failed(self, exc: LimiterUnavailable) -> None:
+        if not self._degraded:
+            self._degraded = True
+            _log.warning("shared limiter unavailable, enforcing limits per node: %s", exc.__cause__ or exc)
+
+    def _recovered(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            _log.info("shared limiter available again")
+
+
+class ConnectionSlots:
+    """Live sockets and pending handshakes per client IP on this node (contract §5: 10 per IP).
+
+    Synchronous, no I/O. Acquire when the upgrade request arrives, release exactly once when the
+    handshake is refused or the socket is gone.
+    """
+
+    def __init__(self, per_ip: int = 10) -> None:
+        self._per_ip = per_ip
+        self._held: dict[str, int] = {}  # invariant: 0 < count <= per_ip; no zero entries
+
+    def try_acquire(self, client_ip: str) -> bool:
+        """Take a slot for `client_ip`; False (and nothing taken) when it already holds `per_ip`."""
+        held = self._held.get(client_ip, 0)
+        if held >= self._per_ip:
+            return False
+        self._held[client_ip] = held + 1
+        return True
+
+    def release(self, client_ip: str) -> None:
+        """Give back a slot taken with `try_acquire`.
+
+        Raises:
+            RuntimeError: `client_ip` holds no slot (a double release: a bug in the caller).
+        """
+        held = self._held.get(client_ip, 0)
+        if held == 0:
+            raise RuntimeError(f"no connection slot held for {client_ip}")
+        if held == 1:
+            del self._held[client_ip]
+        else:
+            self._held[client_ip] = held - 1
+
+    def held(self, client_ip: str) -> int:
+        return self._held.get(client_ip, 0)
+
+
+def content_too_large(content: str, max_bytes: int = 10_000) -> bool:
+    """Whether `content` is over `max_bytes` in UTF-8 (contract §5: exactly `max_bytes` is accepted)."""
+    if len(content) > max_bytes:
+        return True  # every character is at least one byte
+    if len(content) * 4 <= max_bytes:
+        return False  # and at most four
+    return len(content.encode("utf-8", "surrogatepass")) > max_bytes
