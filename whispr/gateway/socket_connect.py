@@ -1,0 +1,101 @@
+"""The `Connect` hook for Phoenix sockets: path, subprotocols, vsn, token, then `authenticate`.
+
+The checks run in the order of `Phoenix.Transports.WebSocket.call/2` (protocol.md §1.2), after
+the endpoint's own (method, origin, limits):
+
+1. The path must be `/socket/websocket` (anything else, long-poll included, is 404: §9).
+2. `authToken` (§1.3): exactly one offered subprotocol starting with `base64url.bearer.phx.` is
+   the token, in **standard** base64 (`+`, `/`) without padding; it is removed from the offer
+   (several such entries are ignored, as Phoenix does). Undecodable → 403.
+3. If the client still offers subprotocols, `phoenix` must be among them and is selected
+   (browsers and `ws` abort a handshake that selects none); otherwise 403.
+4. `vsn` from the query, "1.0.0" when absent: 1.0.x is served with V1 (object frames), 2.0.x
+   with V2; anything else → 403 (`Phoenix.Socket.__connect__/3`).
+5. The token: query `token`, else the `authToken` subprotocol, else `Authorization: Bearer`
+   (for native clients; contract.md §1). `authenticate(token or None, request)` returns the
+   `Identity`, or the `Refuse` to answer (403 by default in Phoenix; 429/503 are the hook's call).
+
+Tokens never reach logs or refusal reasons.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable, Mapping
+
+from whispr.channels.router import Router
+from whispr.gateway.socket import PhoenixSocket
+from whispr.gateway.transport import Accept, Connect, Refuse, Transport, UpgradeRequest
+from whispr.observability.telemetry import SOCKET_CONNECTED, emit
+from whispr.protocol import Identity, serializer_for_vsn
+from whispr.protocol.session import DEFAULT_MAX_CHANNELS
+from whispr.pubsub.local import PubSub
+
+SOCKET_PATH = "/socket/websocket"
+PHOENIX_SUBPROTOCOL = "phoenix"
+AUTH_TOKEN_PREFIX = "base64url.bearer.phx."
+DEFAULT_VSN = "1.0.0"
+
+Authenticate = Callable[[str | None, UpgradeRequest], Awaitable[Identity | Refuse]]
+"""Verifies the token (None when the client sent none) and returns who connects, or a refusal."""
+
+
+def make_connect(
+    router: Router,
+    pubsub: PubSub,
+    authenticate: Authenticate,
+    *,
+    max_channels: int = DEFAULT_MAX_CHANNELS,
+) -> Connect:
+    """The endpoint's `connect` for Phoenix sockets served by `router` (see the module docstring)."""
+
+    async def connect(request: UpgradeRequest) -> Accept | Refuse:
+        if request.path != SOCKET_PATH:
+            return Refuse(404, "not found")
+        try:
+            protocol_token, offered = _split_auth_token(request.subprotocols)
+        except ValueError:
+            return Refuse(403, "invalid auth token")
+        if offered and PHOENIX_SUBPROTOCOL not in offered:
+            return Refuse(403, "unsupported subprotocol")
+        vsn = request.query.get("vsn", DEFAULT_VSN)
+        serializer = serializer_for_vsn(vsn)
+        if serializer is None:
+            return Refuse(403, "unsupported vsn")
+        token = request.query.get("token") or protocol_token or _bearer_token(request.headers)
+        outcome = await authenticate(token, request)
+        if isinstance(outcome, Refuse):
+            return outcome
+        identity = outcome
+
+        def handler(transport: Transport) -> PhoenixSocket:
+            emit(SOCKET_CONNECTED, {}, {"transport": "websocket", "vsn": serializer.vsn})
+            return PhoenixSocket(transport, serializer, router, pubsub, identity, max_channels=max_channels)
+
+        return Accept(handler=handler, subprotocol=PHOENIX_SUBPROTOCOL if offered else None)
+
+    return connect
+
+
+def _split_auth_token(subprotocols: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """(token, remaining subprotocols), per `maybe_auth_token_from_header/2`.
+
+    Raises:
+        ValueError: the single token entry is not standard base64 of a UTF-8 string.
+    """
+    tokens = [entry for entry in subprotocols if entry.startswith(AUTH_TOKEN_PREFIX)]
+    if len(tokens) != 1:
+        return None, subprotocols
+    encoded = tokens[0][len(AUTH_TOKEN_PREFIX) :]
+    try:
+        token = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("undecodable auth token") from None
+    return token, tuple(entry for entry in subprotocols if entry != tokens[0])
+
+
+def _bearer_token(headers: Mapping[str, str]) -> str | None:
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    credentials = credentials.strip()
+    return credentials if scheme.lower() == "bearer" and credentials else None
