@@ -1,0 +1,1 @@
+"""Message store interface, idempotency, offline queue and replay (the delivery guarantees)."""
