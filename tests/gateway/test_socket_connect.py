@@ -9,7 +9,7 @@ import pytest
 
 from tests.channels.fakes import FakeTransport, router
 from whispr.gateway.socket import PhoenixSocket
-from whispr.gateway.socket_connect import make_connect
+from whispr.gateway.socket_connect import Admitted, make_connect
 from whispr.gateway.transport import Accept, Refuse, UpgradeRequest
 from whispr.protocol import V1, V2, Identity
 from whispr.pubsub import PubSub
@@ -23,9 +23,9 @@ class Recorder:
     def __init__(self) -> None:
         self.tokens: list[str | None] = []
 
-    async def __call__(self, token: str | None, request: UpgradeRequest) -> Identity | Refuse:
+    async def __call__(self, token: str | None, request: UpgradeRequest) -> Admitted | Refuse:
         self.tokens.append(token)
-        return IDENTITY if token == "good" else Refuse(403, "invalid token")
+        return Admitted(IDENTITY) if token == "good" else Refuse(403, "invalid token")
 
 
 def request(
@@ -184,3 +184,19 @@ async def test_accepted_socket_honours_max_channels() -> None:
     await socket.on_text('["1","1","room:a","phx_join",{}]')
     await socket.on_text('["2","2","room:b","phx_join",{}]')
     assert b"too many channels joined" in transport.frames[-1]
+
+
+async def test_admitted_hooks_run_when_the_socket_opens_and_when_it_is_gone() -> None:
+    events: list[object] = []
+
+    async def admit(token: str | None, request: UpgradeRequest) -> Admitted:
+        return Admitted(IDENTITY, opened=events.append, closed=lambda: events.append("closed"))
+
+    accepted = await make_connect(router(), PubSub(), admit)(request())
+    assert events == []
+    socket = socket_of(accepted)
+    assert events == [socket]
+    assert isinstance(accepted, Accept)
+    assert accepted.on_closed is not None
+    accepted.on_closed()
+    assert events == [socket, "closed"]

@@ -62,7 +62,7 @@ async def admitted(gate: Gatekeeper, request: UpgradeRequest, token: str = TOKEN
 async def test_admitted_upgrade_holds_one_slot_until_released(autojump_clock: trio.abc.Clock) -> None:
     gate = gatekeeper()
     admission = await admitted(gate, upgrade(origin="https://whispr.app"))
-    assert (admission.identity.user_id, admission.identity.device_id, admission.client_ip) == (
+    assert (admission.token.user_id, admission.token.device_id, admission.client_ip) == (
         "alice",
         "phone-1",
         "203.0.113.7",

@@ -19,10 +19,10 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from tests.security.conftest import AUDIENCE, ISSUER, SECRET, claims, hs256, raw_token
 from whispr.security.tokens import (
     AuthError,
-    Identity,
     TokenConfig,
     TokenConfigError,
     TokenVerifier,
+    VerifiedToken,
     mint_token,
     token_hash,
 )
@@ -63,7 +63,7 @@ def test_valid_hs256_token_gives_identity(hs_config: TokenConfig) -> None:
     payload = claims(device_type="ios")
     token = hs256(payload)
     identity = TokenVerifier(hs_config).verify(token)
-    assert identity == Identity("alice", "phone-1", "ios", float(payload["exp"]), token_hash(token))
+    assert identity == VerifiedToken("alice", "phone-1", "ios", float(payload["exp"]), token_hash(token))
 
 
 def test_user_id_claim_is_accepted_and_stringified(hs_config: TokenConfig) -> None:

@@ -12,8 +12,10 @@ the endpoint's own (method, origin, limits):
 4. `vsn` from the query, "1.0.0" when absent: 1.0.x is served with V1 (object frames), 2.0.x
    with V2; anything else → 403 (`Phoenix.Socket.__connect__/3`).
 5. The token: query `token`, else the `authToken` subprotocol, else `Authorization: Bearer`
-   (for native clients; contract.md §1). `authenticate(token or None, request)` returns the
-   `Identity`, or the `Refuse` to answer (403 by default in Phoenix; 429/503 are the hook's call).
+   (for native clients; contract.md §1). `authenticate(token or None, request)` returns an
+   `Admitted`, or the `Refuse` to answer (403 by default in Phoenix; 429/503 are the hook's call).
+   `Admitted.opened(socket)` runs when the socket is built (e.g. to register it by socket id) and
+   `Admitted.closed()` once its connection is gone (e.g. to give back a per-IP slot).
 
 Tokens never reach logs or refusal reasons.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from whispr.channels.router import Router
 from whispr.gateway.socket import PhoenixSocket
@@ -37,7 +40,21 @@ PHOENIX_SUBPROTOCOL = "phoenix"
 AUTH_TOKEN_PREFIX = "base64url.bearer.phx."
 DEFAULT_VSN = "1.0.0"
 
-Authenticate = Callable[[str | None, UpgradeRequest], Awaitable[Identity | Refuse]]
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """Who connects, and what to run when their socket opens and when its connection is gone."""
+
+    identity: Identity
+    opened: Callable[[PhoenixSocket], None] = lambda socket: None
+    closed: Callable[[], None] = _nothing
+
+
+Authenticate = Callable[[str | None, UpgradeRequest], Awaitable[Admitted | Refuse]]
 """Verifies the token (None when the client sent none) and returns who connects, or a refusal."""
 
 
@@ -67,13 +84,15 @@ def make_connect(
         outcome = await authenticate(token, request)
         if isinstance(outcome, Refuse):
             return outcome
-        identity = outcome
+        admitted = outcome
 
         def handler(transport: Transport) -> PhoenixSocket:
             emit(SOCKET_CONNECTED, {}, {"transport": "websocket", "vsn": serializer.vsn})
-            return PhoenixSocket(transport, serializer, router, pubsub, identity, max_channels=max_channels)
+            socket = PhoenixSocket(transport, serializer, router, pubsub, admitted.identity, max_channels=max_channels)
+            admitted.opened(socket)
+            return socket
 
-        return Accept(handler=handler, subprotocol=PHOENIX_SUBPROTOCOL if offered else None)
+        return Accept(handler=handler, subprotocol=PHOENIX_SUBPROTOCOL if offered else None, on_closed=admitted.closed)
 
     return connect
 

@@ -1,6 +1,6 @@
 """Security building blocks the socket layer calls: at the upgrade, at each join and at each push.
 
-- `tokens`: JWT verification (`TokenVerifier`, `Identity`, `AuthError`) and `mint_token` for dev tokens.
+- `tokens`: JWT verification (`TokenVerifier`, `VerifiedToken`, `AuthError`) and `mint_token` for dev tokens.
 - `origin`: the exact-match Origin allow-list (`OriginPolicy`).
 - `client_ip`: the client IP behind trusted proxies (`ClientIpResolver`).
 - `limits`: per-IP connection slots, rate limits (`Limiter`: `LocalLimiter`, `FallbackLimiter`; the

@@ -20,7 +20,7 @@ from enum import StrEnum
 from whispr.observability import telemetry
 from whispr.security.audit import AuditLog
 from whispr.security.limits import Limiter, ip_subject, user_subject
-from whispr.security.tokens import Identity
+from whispr.security.tokens import VerifiedToken
 
 
 class Detector(StrEnum):
@@ -61,17 +61,17 @@ class AbuseDetector:
         """Connection abuse: an attempt over the connect rate blocks the IP ("429, then blocked for 5 min")."""
         return await self._block(Detector.CONNECTION_ABUSE, ip_subject(client_ip), client_ip, None)
 
-    async def join_refused(self, identity: Identity, client_ip: str) -> Blocked:
+    async def join_refused(self, identity: VerifiedToken, client_ip: str) -> Blocked:
         """Channel hopping: a join over the join rate blocks the user ("rate_limit_exceeded, then blocked")."""
         return await self._block(Detector.CHANNEL_HOPPING, user_subject(identity.user_id), client_ip, identity)
 
-    async def message_refused(self, refusals_in_a_row: int, identity: Identity, client_ip: str) -> Blocked | None:
+    async def message_refused(self, refusals_in_a_row: int, identity: VerifiedToken, client_ip: str) -> Blocked | None:
         """Message spam: the user is blocked once `refusals_in_a_row` reaches `spam_strikes`; else None."""
         if refusals_in_a_row < self._config.spam_strikes:
             return None
         return await self._block(Detector.MESSAGE_SPAM, user_subject(identity.user_id), client_ip, identity)
 
-    async def _block(self, detector: Detector, subject: str, client_ip: str, identity: Identity | None) -> Blocked:
+    async def _block(self, detector: Detector, subject: str, client_ip: str, identity: VerifiedToken | None) -> Blocked:
         seconds = self._config.block_for
         await self._limiter.block(subject, seconds)
         self._audit.suspicious_activity(detector=detector, blocked_for=seconds, client_ip=client_ip, identity=identity)

@@ -20,7 +20,7 @@ import logging
 import re
 from enum import StrEnum
 
-from whispr.security.tokens import Identity
+from whispr.security.tokens import VerifiedToken
 
 AUDIT_LOGGER = "whispr.audit"
 MAX_USER_AGENT_CHARS = 200
@@ -47,7 +47,7 @@ class AuditLog:
         client_ip: str,
         accepted: bool,
         reason: str | None = None,
-        identity: Identity | None = None,
+        identity: VerifiedToken | None = None,
         user_agent: str | None = None,
     ) -> None:
         """An upgrade attempt and its outcome (`reason` says why a refused one was refused)."""
@@ -74,12 +74,12 @@ class AuditLog:
             user_agent=user_agent[:MAX_USER_AGENT_CHARS] if user_agent is not None else None,
         )
 
-    def limit_exceeded(self, *, limit: str, client_ip: str, identity: Identity | None = None) -> None:
+    def limit_exceeded(self, *, limit: str, client_ip: str, identity: VerifiedToken | None = None) -> None:
         """A request refused by limit `limit` (connections_per_ip, connect, message, join, message_size)."""
         self._write(logging.WARNING, AuditEvent.LIMIT_EXCEEDED, limit=limit, client_ip=client_ip, **_who(identity))
 
     def suspicious_activity(
-        self, *, detector: str, blocked_for: float, client_ip: str, identity: Identity | None = None
+        self, *, detector: str, blocked_for: float, client_ip: str, identity: VerifiedToken | None = None
     ) -> None:
         """An abuse detector fired and blocked the IP or user for `blocked_for` seconds."""
         self._write(
@@ -101,7 +101,7 @@ class AuditLog:
         self._logger.log(level, "%s", line, extra={"audit": {"event": event.value, **kept}})
 
 
-def _who(identity: Identity | None) -> dict[str, str | None]:
+def _who(identity: VerifiedToken | None) -> dict[str, str | None]:
     if identity is None:
         return {}
     return {"user_id": identity.user_id, "device_id": identity.device_id, "token_hash": identity.token_hash}

@@ -40,7 +40,7 @@ from whispr.security.limits import (
     user_subject,
 )
 from whispr.security.origin import OriginPolicy
-from whispr.security.tokens import AuthError, Identity, TokenVerifier, token_hash
+from whispr.security.tokens import AuthError, TokenVerifier, VerifiedToken, token_hash
 
 CLOSE_POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1; contract §6: blocked by abuse detection
 CAP_RETRY_AFTER = 10.0  # a per-IP slot frees when one of the IP's sockets closes; there is no knowing when
@@ -51,7 +51,7 @@ class Admission:
     """An admitted upgrade. `release` gives the per-IP slot back: pass it as `Accept(on_closed=...)`,
     or call it if the upgrade is abandoned later. Idempotent, synchronous, never raises."""
 
-    identity: Identity
+    token: VerifiedToken
     client_ip: str
     release: Callable[[], None]
 
@@ -108,7 +108,9 @@ class Gatekeeper:
         user_agent = headers.get("user-agent")
         client_ip = self._client_ips.resolve(request.peer[0], headers)
 
-        def refused(status: int, reason: str, retry_after: float | None = None, who: Identity | None = None) -> Refuse:
+        def refused(
+            status: int, reason: str, retry_after: float | None = None, who: VerifiedToken | None = None
+        ) -> Refuse:
             self._audit.connection_attempt(
                 client_ip=client_ip, accepted=False, reason=reason, identity=who, user_agent=user_agent
             )
@@ -169,7 +171,7 @@ class SocketGuard:
         limits: LimitsConfig,
         clock: Callable[[], float],
     ) -> None:
-        self._identity = admission.identity
+        self._identity = admission.token
         self._client_ip = admission.client_ip
         self._limiter = limiter
         self._detector = detector
@@ -221,6 +223,6 @@ class _SlotRelease:
             slots.release(self._client_ip)
 
 
-def _limit_exceeded(audit: AuditLog, limit: str, client_ip: str, identity: Identity | None) -> None:
+def _limit_exceeded(audit: AuditLog, limit: str, client_ip: str, identity: VerifiedToken | None) -> None:
     audit.limit_exceeded(limit=limit, client_ip=client_ip, identity=identity)
     telemetry.emit(telemetry.LIMIT_EXCEEDED, metadata={"limit": limit})

@@ -89,7 +89,7 @@ class TokenConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Identity:
+class VerifiedToken:
     """Who a verified token speaks for.
 
     `expires_at` is the token's `exp` as UNIX seconds: the socket layer closes the socket with 3000
@@ -144,8 +144,8 @@ class TokenVerifier:
             require.append("aud")
         self._options: Options = {"require": require, "enforce_minimum_key_length": True}
 
-    def verify(self, token: str | None) -> Identity:
-        """Verify `token` and return its `Identity`.
+    def verify(self, token: str | None) -> VerifiedToken:
+        """Verify `token` and return its `VerifiedToken`.
 
         Synchronous, CPU only (150–300 µs), no I/O; never logs the token.
 
@@ -175,7 +175,7 @@ class TokenVerifier:
         device_id = _id_claim(claims, "device_id")
         if device_id is None:
             raise AuthError("missing_claim")  # contract §1: device_id is required
-        return Identity(
+        return VerifiedToken(
             user_id=_user_id(claims),
             device_id=device_id,
             device_type=_id_claim(claims, "device_type"),
