@@ -1,0 +1,170 @@
+"""`user:<user_id>`: every message of every conversation of the user, to each of its devices (contract §2-§4).
+
+Join (§2): that user only (`unauthorized`). The device's position is the inbox seq in params
+`{"last_seq": n}`, or else its stored delivery cursor (the last inbox seq it acked). The reply is
+`{"user_id", "device_id", "server_time", "recovered"}` (`recovered` false: entries after the position
+are past retention and were skipped, §4.3); then come `presence_state` (the user's own devices) and
+every inbox entry after the position (`new_message`, oldest first, in pages), then the live ones:
+no gap, no disorder, no duplicate (`whispr.delivery.live` explains how).
+
+`new_message` here carries the Message plus `inbox_seq`, the seq that `ack`, `sync` and `last_seq`
+count in (the Message's own `seq` is per conversation).
+
+Events (§3):
+| event | reply |
+|---|---|
+| `heartbeat` | `ok {"status": "alive"}` |
+| `ping` | `ok {"pong": true, "server_time": ms}` |
+| `sync {"since_seq": n or null, "limit": n}` | `ok {"messages", "last_seq", "has_more"}`: inbox entries after `since_seq` (null: the device's cursor), at most `limit` (default and cap 500); `last_seq` is where the next `sync` starts |
+| `ack {"seq": n}` | `ok {}`: moves the device's cursor (never back, never past the inbox head) |
+| anything else | `error unknown_event` |
+
+Errors: `invalid_payload`, `service_unavailable` (the store failed; channel kept).
+
+`make_router` is the app's topic table (§2): `user:*`, `conversation:*`, `notification:*`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from whispr.channels.base import (
+    NOREPLY,
+    Channel,
+    ChannelSocket,
+    HandleInfoResult,
+    HandleInResult,
+    JoinError,
+    JoinOk,
+    error,
+    ok,
+    reply_error,
+    reply_ok,
+)
+from whispr.channels.conversation import (
+    INVALID_PAYLOAD,
+    NEW_MESSAGE,
+    SERVICE_UNAVAILABLE,
+    UNKNOWN_EVENT,
+    ConversationChannel,
+    track_presence,
+    untrack_presence,
+)
+from whispr.channels.notification import NotificationChannel
+from whispr.channels.router import Router
+from whispr.delivery.deps import Deps
+from whispr.delivery.live import Feed, Gate, Page, inbox_reader, user_topic
+from whispr.delivery.router import InvalidPayload, seq_param
+from whispr.delivery.store import StoreUnavailable
+from whispr.presence import PRESENCE_STATE_EVENT
+from whispr.protocol import Payload, Reason
+
+SYNC_LIMIT = 500
+"""Most entries one `sync` returns (contract §3), also its default."""
+_AFTER_JOIN = "after_join"
+
+
+def make_router(deps: Deps) -> Router:
+    """The app's channels: `user:*`, `conversation:*`, `notification:*`; other topics are unmatched."""
+    return Router(
+        [
+            ("user:*", partial(UserChannel, deps)),
+            ("conversation:*", partial(ConversationChannel, deps)),
+            ("notification:*", partial(NotificationChannel, deps)),
+        ]
+    )
+
+
+class UserChannel(Channel):
+    """One device on its user's inbox. Built per join by `make_router`."""
+
+    __slots__ = ("_deps", "_feed", "_first", "_gate")
+
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+        # Set by an accepted join.
+        self._gate: Gate
+        self._feed: Feed
+        self._first: Page | None = None  # the first replay page, until `after_join` sends it
+
+    async def join(self, topic: str, params: Payload, socket: ChannelSocket) -> JoinOk | JoinError:
+        """That user only; reads the first replay page (see the module docstring)."""
+        deps = self._deps
+        identity = socket.identity
+        if topic != user_topic(identity.user_id):
+            return error({"reason": "unauthorized"})
+        refusal = await deps.guard(identity).check_join()
+        if refusal is not None:
+            if refusal.close_code is not None:
+                deps.connections.close(identity, refusal.close_code, refusal.reason)
+            return error(refusal.response())
+        try:
+            last_seq = params.get("last_seq") if isinstance(params, dict) else None
+            position = None if last_seq is None else seq_param(last_seq)
+        except InvalidPayload:
+            return error(INVALID_PAYLOAD)
+        read = inbox_reader(deps.store, identity.user_id)
+        try:
+            if position is None:
+                position = await deps.store.cursor(identity.user_id, identity.device_id)
+            first = await read(position, deps.live.page_size)
+        except StoreUnavailable:
+            return error(SERVICE_UNAVAILABLE)
+        self._gate = Gate(identity.user_id, position, lambda seq, payload: socket.push(NEW_MESSAGE, payload))
+        self._feed = deps.live.attach(topic, self._gate, read)
+        self._first = first
+        track_presence(socket, deps)
+        socket.send_info(_AFTER_JOIN)
+        return ok(
+            {
+                "user_id": identity.user_id,
+                "device_id": identity.device_id,
+                "server_time": deps.wall_ms(),
+                "recovered": first.recovered,
+            }
+        )
+
+    async def handle_in(self, event: str, payload: Payload, socket: ChannelSocket) -> HandleInResult:
+        """See the module docstring's table."""
+        if event == "heartbeat":
+            return reply_ok({"status": "alive"})
+        if event == "ping":
+            return reply_ok({"pong": True, "server_time": self._deps.wall_ms()})
+        if not isinstance(payload, dict):
+            return reply_error(INVALID_PAYLOAD if event in ("sync", "ack") else UNKNOWN_EVENT)
+        identity = socket.identity
+        store = self._deps.store
+        try:
+            if event == "sync":
+                since = payload.get("since_seq")
+                limit = payload.get("limit", SYNC_LIMIT)
+                if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                    raise InvalidPayload("limit must be a positive integer")
+                after = await store.cursor(identity.user_id, identity.device_id) if since is None else seq_param(since)
+                page = await self._feed.read(after, min(limit, SYNC_LIMIT))
+                # Empty: everything up to the head was read or is past retention.
+                last_seq = page.entries[-1][0] if page.entries else page.head
+                messages = [entry for _, entry in page.entries]
+                return reply_ok({"messages": messages, "last_seq": last_seq, "has_more": page.has_more})
+            if event == "ack":
+                await store.advance_cursor(identity.user_id, identity.device_id, seq_param(payload.get("seq")))
+                return reply_ok()
+        except InvalidPayload:
+            return reply_error(INVALID_PAYLOAD)
+        except StoreUnavailable:
+            return reply_error(SERVICE_UNAVAILABLE)
+        return reply_error(UNKNOWN_EVENT)
+
+    async def handle_info(self, message: object, socket: ChannelSocket) -> HandleInfoResult:
+        """After the join: `presence_state`, then the replay and the switch to live. A store
+        failure during the replay raises: the client gets `phx_error` and rejoins from its position."""
+        if message == _AFTER_JOIN and self._first is not None:
+            first, self._first = self._first, None
+            socket.push(PRESENCE_STATE_EVENT, self._deps.presence.list(socket.topic))
+            await self._deps.live.catch_up(self._feed, self._gate, first)
+        return NOREPLY
+
+    async def terminate(self, reason: Reason, socket: ChannelSocket) -> None:
+        """Stop live delivery and presence for this device."""
+        self._deps.live.detach(socket.topic, self._gate)
+        untrack_presence(socket, self._deps)

@@ -1,0 +1,129 @@
+"""The message router: validate, store (ack after commit), then fan out (contract §3 `send_message`, §4.1-§4.2).
+
+One path for every sender: the `conversation:` channel's `send_message` and the service API's
+`POST /api/v1/conversations/<id>/messages` both call `MessageRouter.send`:
+
+1. the conversation's active members are read; a user who is not one is refused (`NotMember`);
+2. the message is appended (group-committed); the call returns only once it is committed, so the
+   caller's `ok` means durable (§4.1). A repeated `client_message_id` of the same sender returns
+   the original with `duplicate=True` (§4.2);
+3. a new message is published to `LiveDelivery` synchronously, before the caller can answer: it
+   reaches `new_message` on `conversation:<id>` and on `user:<member>` of every member read in
+   step 1, on every device (§4.4). A duplicate is not published again.
+
+Membership is read once per send and serves both the check and the fan-out. A member added
+between that read and the commit gets the inbox entry (the store reads membership at write time)
+but no live poke for it: their devices get it with the next message of theirs, or on rejoin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from whispr.delivery.live import LiveDelivery
+from whispr.delivery.store import Message, MessageStore
+
+MESSAGE_TYPE_TEXT = "text"
+SYSTEM_SENDER = "system"
+"""`sender_id` (and `sender_device_id`) of messages the service API posts as the system."""
+
+
+class InvalidPayload(ValueError):
+    """A `send_message` payload that does not match contract §3 (wire reason `invalid_payload`)."""
+
+
+class NotMember(Exception):
+    """The sender is not an active member of the conversation (wire reason `not_member`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A validated message to send: contract §3 `send_message` fields."""
+
+    client_message_id: str
+    content: str
+    type: str
+    metadata: Mapping[str, Any]
+    reply_to: str | None
+
+    @classmethod
+    def parse(cls, payload: object) -> Draft:
+        """Validate a `send_message` payload: `client_message_id` non-empty str (required),
+        `content` str (required), `type` "text" (default), `metadata` object (default {}),
+        `reply_to` message id or null. Other keys are ignored.
+
+        Raises:
+            InvalidPayload: naming the first offending field.
+        """
+        if not isinstance(payload, dict):
+            raise InvalidPayload("payload must be an object")
+        client_message_id = payload.get("client_message_id")
+        if not isinstance(client_message_id, str) or not client_message_id:
+            raise InvalidPayload("client_message_id must be a non-empty string")
+        content = payload.get("content")
+        if not isinstance(content, str):
+            raise InvalidPayload("content must be a string")
+        type_ = payload.get("type", MESSAGE_TYPE_TEXT)
+        if type_ != MESSAGE_TYPE_TEXT:
+            raise InvalidPayload('type must be "text"')
+        metadata = payload.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise InvalidPayload("metadata must be an object")
+        reply_to = payload.get("reply_to")
+        if reply_to is not None and not isinstance(reply_to, str):
+            raise InvalidPayload("reply_to must be a message id or null")
+        return cls(client_message_id, content, type_, metadata, reply_to)
+
+
+class MessageRouter:
+    """Stores messages and fans them out; one per node."""
+
+    __slots__ = ("_live", "_store")
+
+    def __init__(self, store: MessageStore, live: LiveDelivery) -> None:
+        self._store = store
+        self._live = live
+
+    async def send(
+        self, conversation_id: str, sender_id: str, sender_device_id: str, draft: Draft, *, as_system: bool = False
+    ) -> tuple[Message, bool]:
+        """Store `draft` from the sender and publish it; return `(message, duplicate)`.
+
+        Blocks until the message is committed (two store calls). `as_system` skips the membership
+        check (the service API posting as `SYSTEM_SENDER`).
+
+        Raises:
+            NotMember: the sender is not an active member (nothing stored).
+            ConversationNotFound: the conversation does not exist.
+            StoreUnavailable: nothing is acked; the client retries with the same `client_message_id`.
+        """
+        members = await self._store.members(conversation_id)
+        if not as_system and sender_id not in members:
+            raise NotMember(conversation_id)
+        message, duplicate = await self._store.append_message(
+            conversation_id,
+            sender_id,
+            sender_device_id,
+            draft.client_message_id,
+            draft.type,
+            draft.content,
+            draft.metadata,
+            draft.reply_to,
+        )
+        if not duplicate:
+            # Synchronous: published before the caller's ack is written (module docstring, step 3).
+            self._live.published(message, tuple(members))
+        return message, duplicate
+
+
+def seq_param(value: object) -> int:
+    """A seq from a client payload: a non-negative integer (not a bool).
+
+    Raises:
+        InvalidPayload: anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidPayload("a seq must be a non-negative integer")
+    return value
