@@ -1,0 +1,97 @@
+"""A whole node: its tree boots in order, serves probes and sockets, and stops on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trio
+import websockets
+
+from tests.node import running_node
+from tests.services import free_port, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+
+async def _get(url: str) -> tuple[int, bytes]:
+    def fetch() -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    return await trio.to_thread.run_sync(fetch)
+
+
+async def test_probes_and_metrics_answer_on_the_socket_port(tmp_path: Path) -> None:
+    async with running_node(tmp_path) as running:
+        status, body = await _get(running.http_url + "/health")
+        assert status == 200
+        status, body = await _get(running.http_url + "/ready")
+        assert status == 200
+        status, body = await _get(running.http_url + "/metrics")
+        assert status == 200
+        assert b'whispr_connections_active{node="n1"}' in body
+
+
+async def test_a_user_joins_its_topic_over_a_real_socket(tmp_path: Path) -> None:
+    async with running_node(tmp_path) as running:
+        await running.add_user("alice")
+        url = f"ws://127.0.0.1:{running.port}/socket/websocket?vsn=2.0.0&token={running.token('alice', 'phone')}"
+
+        def exchange() -> list[object]:
+            from websockets.sync.client import connect
+
+            with connect(url, open_timeout=10) as ws:
+                ws.send(json.dumps(["1", "1", "user:alice", "phx_join", {}]))
+                reply = json.loads(ws.recv(timeout=10))
+                ws.send(json.dumps(["1", "2", "user:bob", "phx_join", {}]))
+                frames = [json.loads(ws.recv(timeout=10)) for _ in range(2)]
+                return [reply, *frames]
+
+        reply, *rest = await trio.to_thread.run_sync(exchange)
+        assert reply[:4] == ["1", "1", "user:alice", "phx_reply"]
+        assert reply[4]["status"] == "ok"
+        refused = next(frame for frame in rest if frame[3] == "phx_reply")
+        assert refused[4] == {"status": "error", "response": {"reason": "unauthorized"}}
+
+
+async def test_inactive_and_unknown_users_are_refused_before_the_upgrade(tmp_path: Path) -> None:
+    async with running_node(tmp_path) as running:
+        await running.add_user("mallory", active=False)
+        for user in ("mallory", "nobody"):
+            url = f"ws://127.0.0.1:{running.port}/socket/websocket?vsn=2.0.0&token={running.token(user, 'd')}"
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await trio.to_thread.run_sync(lambda url=url: websockets.sync.client.connect(url, open_timeout=10))
+            assert refused.value.response.status_code == 403
+
+
+@pytest.mark.slow
+def test_whispr_serve_runs_and_stops_in_order_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "WHISPR_SHUTDOWN_GRACE": "5"}
+    args = [sys.executable, "-m", "whispr", "serve", "--dev", "--port", str(port), "--data-dir", str(tmp_path)]
+    process = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, timeout=30)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        _, log = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log
+    assert "SIGTERM received; stopping tree 'root'" in log
+    assert "tree 'root' stopped" in log
+    started = [line.split("child '")[1].split("'")[0] for line in log.splitlines() if "started node=" in line]
+    assert started == ["store", "pubsub", "presence", "delivery", "offline", "security", "loop_lag", "endpoint"]

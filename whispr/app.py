@@ -1,0 +1,366 @@
+"""One whispr node: its supervision tree, built from `Settings` (architecture.md "The supervision tree").
+
+Root tree, `rest_for_one` (a dependency's restart restarts everything that depends on it):
+
+    store → pubsub → presence → delivery → offline → security → loop_lag → endpoint
+
+Each child registers what it serves on the `Node` before `task_status.started()`, and later
+children read it when they (re)start, so a restarted store is picked up by the pub/sub, presence
+and endpoint children that the strategy restarts after it. The endpoint is last: nothing is
+accepted before everything it needs is up, and on shutdown it stops first.
+
+Sockets are children of the endpoint (one task each, temporary, behind their own exception
+boundary: nothing a socket does reaches the tree); channels run inside their socket's task with
+one_for_one / temporary semantics (`whispr.gateway.socket`).
+
+`serve()` opens the trio-asyncio bridge first (dependencies.md §2 sharp edge b: asyncio libraries
+work only inside it), then runs the tree until SIGTERM/SIGINT and stops it within the grace.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import supervisors
+from whispr.adapters import migrate as migrate_store
+from whispr.adapters import open_store
+from whispr.adapters.aio import open_bridge
+from whispr.api.routes import http_routes
+from whispr.channels.user import make_router
+from whispr.config import Settings
+from whispr.delivery.deps import Deps, Guard
+from whispr.delivery.store import MessageStore, StoreUnavailable
+from whispr.gateway.endpoint import Endpoint, EndpointConfig
+from whispr.gateway.socket import PhoenixSocket
+from whispr.gateway.socket_connect import Admitted, Authenticate, make_connect
+from whispr.gateway.transport import Refuse, UpgradeRequest
+from whispr.observability.health import CheckResult, Readiness
+from whispr.observability.logs import attach_telemetry_logging, configure_logging
+from whispr.observability.loop_lag import measure_loop_lag
+from whispr.observability.metrics import Metrics
+from whispr.observability.supervision import report_to_telemetry
+from whispr.presence import PresenceTracker
+from whispr.protocol import Identity
+from whispr.pubsub.local import PubSub
+from whispr.security.abuse import AbuseDetector
+from whispr.security.audit import AuditLog
+from whispr.security.client_ip import ClientIpResolver
+from whispr.security.expiry import CLOSE_TOKEN_EXPIRED, ExpiryWatch
+from whispr.security.gatekeeper import Admission, Gatekeeper, SocketGuard
+from whispr.security.limits import LimitsConfig, LocalLimiter
+from whispr.security.origin import OriginPolicy
+from whispr.security.tokens import TokenConfig, TokenVerifier, mint_token
+
+_log = logging.getLogger("whispr.app")
+
+PURGE_INTERVAL = 600.0  # seconds between offline-retention purges
+MAX_CONNECTIONS = 15_000  # per node: the machine allows 20,000 open files per process
+
+
+@dataclass
+class Node:
+    """The services of one node, registered by the tree's children as they start.
+
+    A field is None until its child has started; the `rest_for_one` order guarantees that a
+    child only reads fields of children before it.
+    """
+
+    settings: Settings
+    metrics: Metrics
+    store: MessageStore | None = None
+    pubsub: PubSub | None = None
+    presence: PresenceTracker | None = None
+    deps: Deps | None = None
+    gatekeeper: Gatekeeper | None = None
+    expiry: ExpiryWatch | None = None
+    # socket id -> the guard of that device's newest socket (the channels' `Deps.guard`)
+    guards: dict[str, SocketGuard] = field(default_factory=dict)
+    endpoint: Endpoint | None = None
+    address: tuple[str, int] | None = None
+    draining: bool = False
+
+
+def token_config(settings: Settings) -> TokenConfig:
+    """The JWT settings of `settings` (contract.md §1: HS256 with a 32+ byte secret, or public keys)."""
+    common: dict[str, Any] = {"issuer": settings.jwt_issuer or None, "audience": settings.jwt_audience or None}
+    algorithm = settings.jwt_algorithm
+    if algorithm == "HS256":
+        return TokenConfig(algorithm="HS256", secret=settings.jwt_secret.encode(), **common)
+    path = Path(settings.jwt_public_keys)
+    if path.suffix == ".json":
+        return TokenConfig(algorithm=algorithm, jwks_path=path, **common)  # type: ignore[arg-type]
+    return TokenConfig(algorithm=algorithm, public_key_pem=path.read_bytes(), **common)  # type: ignore[arg-type]
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """A server TLS context from the configured certificate and key, or None for plain ws."""
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+async def _store_child(node: Node, *, task_status: trio.TaskStatus[MessageStore]) -> None:
+    async with open_store(node.settings.resolved_store_url) as store:
+        node.store = store
+        task_status.started(store)
+        await trio.sleep_forever()
+
+
+async def _pubsub_child(node: Node, *, task_status: trio.TaskStatus[PubSub]) -> None:
+    node.pubsub = PubSub()
+    task_status.started(node.pubsub)
+    await trio.sleep_forever()
+
+
+async def _presence_child(node: Node, *, task_status: trio.TaskStatus[PresenceTracker]) -> None:
+    pubsub = _needs(node.pubsub, "pubsub")
+
+    def broadcast(topic: str, event: str, payload: dict[str, Any]) -> None:
+        pubsub.broadcast(topic, event, payload, droppable=True)
+
+    node.presence = PresenceTracker(broadcast, node=node.settings.node_id)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.presence.run)
+        task_status.started(node.presence)
+
+
+async def _offline_child(node: Node, *, task_status: trio.TaskStatus[None]) -> None:
+    """Drops inbox entries past the retention window (contract.md §4.3), every PURGE_INTERVAL."""
+    store = _needs(node.store, "store")
+    task_status.started()
+    while True:
+        await trio.sleep(PURGE_INTERVAL)
+        try:
+            purged = await store.purge_expired()
+        except StoreUnavailable:
+            _log.warning("offline purge skipped: store unavailable")
+            continue
+        if purged:
+            _log.info("offline purge removed %d expired inbox entries", purged)
+
+
+async def _delivery_child(node: Node, *, task_status: trio.TaskStatus[Deps]) -> None:
+    """The messaging services over the store and presence (`whispr.delivery.deps.Deps`), and live delivery."""
+    store = _needs(node.store, "store")
+    presence = _needs(node.presence, "presence")
+
+    def guard(identity: Identity) -> Guard:
+        return node.guards[identity.socket_id]
+
+    node.deps = Deps.build(store, presence, guard)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.deps.live.run)
+        task_status.started(node.deps)
+
+
+async def _security_child(node: Node, *, task_status: trio.TaskStatus[Gatekeeper]) -> None:
+    """The gatekeeper (origin, client IP, limits, JWT, abuse, audit) and the token-expiry watch."""
+    settings = node.settings
+    audit = AuditLog()
+    limiter = LocalLimiter()
+    node.gatekeeper = Gatekeeper(
+        verifier=TokenVerifier(token_config(settings)),
+        origins=OriginPolicy(settings.allowed_origins, dev=settings.dev),
+        client_ips=ClientIpResolver(settings.trusted_proxies),
+        limiter=limiter,
+        detector=AbuseDetector(limiter, audit),
+        audit=audit,
+        limits=LimitsConfig(),
+    )
+    node.expiry = ExpiryWatch()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.expiry.run)
+        task_status.started(node.gatekeeper)
+
+
+class _Registration:
+    """What one admitted connection registered on the node, undone exactly once when it is gone."""
+
+    __slots__ = ("_admission", "_cancel_expiry", "_guard", "_node", "_socket")
+
+    def __init__(self, node: Node, admission: Admission, guard: SocketGuard) -> None:
+        self._node = node
+        self._admission = admission
+        self._guard = guard
+        self._socket: PhoenixSocket | None = None
+        self._cancel_expiry: Callable[[], None] | None = None
+
+    def opened(self, socket: PhoenixSocket) -> None:
+        """Register the socket by socket id (replacing an older one of the device) and watch its token."""
+        node, deps, expiry = self._node, _needs(self._node.deps, "delivery"), _needs(self._node.expiry, "security")
+        self._socket = socket
+        node.guards[socket.identity.socket_id] = self._guard
+        deps.connections.add(socket)
+        deadline = self._admission.token.expires_at + token_config(node.settings).leeway
+        self._cancel_expiry = expiry.watch(
+            deadline, lambda: socket.transport.close(CLOSE_TOKEN_EXPIRED, "token expired")
+        )
+
+    def closed(self) -> None:
+        """Undo `opened` (if it ran) and give the per-IP slot back."""
+        if self._socket is not None:
+            socket_id = self._socket.identity.socket_id
+            _needs(self._node.deps, "delivery").connections.remove(self._socket)
+            if self._node.guards.get(socket_id) is self._guard:
+                del self._node.guards[socket_id]
+        if self._cancel_expiry is not None:
+            self._cancel_expiry()
+        self._admission.release()
+
+
+def authenticator(node: Node) -> Authenticate:
+    """The `authenticate` hook of `make_connect`: the gatekeeper, then the user directory (contract.md §1)."""
+    gatekeeper = _needs(node.gatekeeper, "security")
+    store = _needs(node.store, "store")
+
+    async def authenticate(token: str | None, request: UpgradeRequest) -> Admitted | Refuse:
+        admission = await gatekeeper.admit(request, token)
+        if isinstance(admission, Refuse):
+            return admission
+        verified = admission.token
+        try:
+            active = await store.user_active(verified.user_id)
+        except StoreUnavailable:
+            admission.release()
+            return Refuse(503, "store unavailable", (("Retry-After", "5"),))
+        if not active:
+            admission.release()
+            return Refuse(403, "inactive user")
+        registration = _Registration(node, admission, gatekeeper.guard(admission))
+        identity = Identity(verified.user_id, verified.device_id, verified.device_type)
+        return Admitted(identity, opened=registration.opened, closed=registration.closed)
+
+    return authenticate
+
+
+async def _endpoint_child(node: Node, *, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+    pubsub = _needs(node.pubsub, "pubsub")
+    deps = _needs(node.deps, "delivery")
+    connect = make_connect(make_router(deps), pubsub, authenticator(node))
+    ready = readiness(node)
+
+    async def is_ready() -> bool:
+        return (await ready.evaluate()).ready
+
+    async def metrics() -> tuple[bytes, str]:
+        return await trio.to_thread.run_sync(node.metrics.render)
+
+    node.endpoint = Endpoint(
+        endpoint_config(node.settings), connect, http_routes=http_routes(ready=is_ready, metrics=metrics)
+    )
+    async with trio.open_nursery() as nursery:
+        node.address = await nursery.start(node.endpoint.serve)
+        task_status.started(node.address)
+
+
+def _needs(value: Any, name: str) -> Any:
+    if value is None:
+        raise RuntimeError(f"{name} is not running: the tree's start order is wrong")
+    return value
+
+
+def build_tree(node: Node) -> supervisors.Supervisor:
+    """The root supervisor of `node` (see the module docstring)."""
+    spec = supervisors.ChildSpec
+    children = [
+        spec("store", _store_child, (node,), shutdown=10.0),
+        spec("pubsub", _pubsub_child, (node,)),
+        spec("presence", _presence_child, (node,)),
+        spec("delivery", _delivery_child, (node,)),
+        spec("offline", _offline_child, (node,)),
+        spec("security", _security_child, (node,)),
+        spec("loop_lag", measure_loop_lag),
+        spec("endpoint", _endpoint_child, (node,), shutdown=10.0),
+    ]
+    return supervisors.Supervisor(
+        "root", children, strategy=supervisors.Strategy.REST_FOR_ONE, intensity=3, period=10.0
+    )
+
+
+def readiness(node: Node) -> Readiness:
+    """`/ready`: the store answers, the endpoint listens, and the node is not draining."""
+
+    async def store_ok() -> CheckResult:
+        if node.store is None:
+            return CheckResult(False, "not started")
+        try:
+            await node.store.user_active("__readiness_probe__")
+        except StoreUnavailable as exc:
+            return CheckResult(False, f"unavailable: {exc}")
+        return CheckResult(True)
+
+    async def listening() -> CheckResult:
+        return CheckResult(node.address is not None, "" if node.address else "not listening")
+
+    return Readiness({"store": store_ok, "endpoint": listening}, on_report=node.metrics.observe_readiness)
+
+
+def endpoint_config(settings: Settings, **overrides: Any) -> EndpointConfig:
+    return EndpointConfig(host=settings.host, port=settings.port, ssl_context=ssl_context(settings), **overrides)
+
+
+def setup_logging(settings: Settings) -> None:
+    fmt = settings.resolved_log_format
+    configure_logging("json" if fmt == "json" else "text", settings.log_level, node=settings.node_id)
+    attach_telemetry_logging()
+    supervisors.add_report_listener(report_to_telemetry)
+
+
+async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run `node`'s tree until SIGTERM/SIGINT (then stop it within the grace) or until cancelled.
+
+    Must run inside `open_bridge()`. Reports the node through `task_status` once it listens.
+    """
+    root = build_tree(node)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisors.run_tree, root, node.settings.shutdown_grace)
+        _log.info("node %s listening on %s:%d", node.settings.node_id, *_needs(node.address, "endpoint"))
+        task_status.started(node)
+
+
+def serve(settings: Settings) -> None:
+    """The `whispr serve` command: configure logging and run one node until a signal. Blocking."""
+    setup_logging(settings)
+    node = Node(settings, Metrics(settings.node_id, max_connections=MAX_CONNECTIONS))
+
+    async def main() -> None:
+        async with open_bridge():
+            await run_node(node)
+
+    trio.run(main)
+
+
+def dev_token(settings: Settings, user_id: str, device_id: str, ttl: float, device_type: str | None) -> str:
+    """Mint a token with the configured HS256 secret (the `whispr token` command). Blocking.
+
+    In dev mode the user is also made active in the store, so that the token connects at once
+    (the user directory refuses unknown users, contract.md §1).
+    """
+    token = mint_token(token_config(settings), user_id, device_id, ttl=ttl, device_type=device_type)
+    if settings.dev:
+
+        async def activate() -> None:
+            async with open_bridge(), open_store(settings.resolved_store_url) as store:
+                await store.upsert_user(user_id, True)
+
+        trio.run(activate)
+    return token
+
+
+def migrate(settings: Settings) -> list[int]:
+    """Apply the store's migrations (the `whispr migrate` command). Blocking."""
+
+    async def run() -> list[int]:
+        async with open_bridge():
+            return await migrate_store(settings.resolved_store_url)
+
+    return trio.run(run)
