@@ -92,7 +92,7 @@ class RoomChannel(Channel):
     async def join(self, topic: str, params: Payload, socket: ChannelSocket) -> JoinOk | JoinError:
         assert isinstance(params, dict)
         if "refuse" in params:
-            return error({"reason": params["refuse"]})
+            return error({"reason": params["refuse"]}, params.get("close_code"))
         if params.get("crash"):
             raise RuntimeError("join boom")
         if params.get("push_in_join"):

@@ -406,3 +406,11 @@ async def test_on_close_gives_terminate_callbacks_a_bounded_time(
     await client.socket.on_close()
     assert trio.current_time() - started == pytest.approx(TERMINATE_TIMEOUT)
     assert pubsub.subscriber_count("stuck") == 0
+
+
+async def test_refused_join_with_a_close_code_writes_the_reply_then_closes(client: Client) -> None:
+    await client.join("room:1", "1", {"refuse": "blocked", "close_code": 1008})
+    assert client.received() == [
+        ["1", "1", "room:1", "phx_reply", {"status": "error", "response": {"reason": "blocked"}}]
+    ]
+    assert client.transport.close_code == 1008

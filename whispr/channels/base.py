@@ -96,9 +96,14 @@ class JoinOk:
 
 @dataclass(frozen=True, slots=True)
 class JoinError:
-    """`{:error, response}`: the join is refused; no channel is kept and no `phx_close` is sent."""
+    """`{:error, response}`: the join is refused; no channel is kept and no `phx_close` is sent.
+
+    `close_code`, when set, closes the whole socket right after the error reply is written
+    (contract.md §6: 1008 when abuse detection blocks the user).
+    """
 
     response: dict[str, Any]
+    close_code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +137,9 @@ def ok(response: dict[str, Any] | None = None) -> JoinOk:
     return JoinOk({} if response is None else response)
 
 
-def error(response: dict[str, Any]) -> JoinError:
-    """Refuse a join, e.g. `error({"reason": "unauthorized"})`."""
-    return JoinError(response)
+def error(response: dict[str, Any], close_code: int | None = None) -> JoinError:
+    """Refuse a join, e.g. `error({"reason": "unauthorized"})`; `close_code` closes the socket after the reply."""
+    return JoinError(response, close_code)
 
 
 def reply(status: str, response: Payload | None = None) -> ReplyResult:

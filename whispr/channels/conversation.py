@@ -115,9 +115,7 @@ class ConversationChannel(Channel):
         guard = deps.guard(identity)
         refusal = await guard.check_join()
         if refusal is not None:
-            if refusal.close_code is not None:
-                deps.connections.close(identity, refusal.close_code, refusal.reason)
-            return error(refusal.response())
+            return error(refusal.response(), refusal.close_code)
         try:
             last_seq = params.get("last_seq") if isinstance(params, dict) else None
             position = None if last_seq is None else seq_param(last_seq)

@@ -57,9 +57,7 @@ class NotificationChannel(Channel):
             return error({"reason": "unauthorized"})
         refusal = await self._deps.guard(identity).check_join()
         if refusal is not None:
-            if refusal.close_code is not None:
-                self._deps.connections.close(identity, refusal.close_code, refusal.reason)
-            return error(refusal.response())
+            return error(refusal.response(), refusal.close_code)
         return ok()
 
     async def handle_in(self, event: str, payload: Payload, socket: ChannelSocket) -> HandleInResult:

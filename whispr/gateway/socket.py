@@ -282,6 +282,9 @@ class PhoenixSocket:
             actions = self._session.join_refused(action, result.response)
         # actions[0] is the join reply (Session contract), already encoded above.
         self._write(frame, _REPLY)
+        if isinstance(result, JoinError) and result.close_code is not None:
+            self.transport.close(result.close_code, str(result.response.get("reason", "")))
+            return
         await self._run(actions[1:])
 
     async def _handle_in(self, action: HandleIn) -> None:
