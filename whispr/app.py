@@ -19,6 +19,7 @@ work only inside it), then runs the tree until SIGTERM/SIGINT and stops it withi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable
@@ -32,6 +33,8 @@ import supervisors
 from whispr.adapters import migrate as migrate_store
 from whispr.adapters import open_store
 from whispr.adapters.aio import open_bridge
+from whispr.adapters.redis_client import open_redis
+from whispr.adapters.redis_limits import RedisLimiter
 from whispr.api.routes import http_routes
 from whispr.channels.user import make_router
 from whispr.config import Settings
@@ -54,7 +57,7 @@ from whispr.security.audit import AuditLog
 from whispr.security.client_ip import ClientIpResolver
 from whispr.security.expiry import CLOSE_TOKEN_EXPIRED, ExpiryWatch
 from whispr.security.gatekeeper import Admission, Gatekeeper, SocketGuard
-from whispr.security.limits import LimitsConfig, LocalLimiter
+from whispr.security.limits import FallbackLimiter, Limiter, LimitsConfig, LocalLimiter
 from whispr.security.origin import OriginPolicy
 from whispr.security.tokens import TokenConfig, TokenVerifier, mint_token
 
@@ -163,23 +166,31 @@ async def _delivery_child(node: Node, *, task_status: trio.TaskStatus[Deps]) -> 
 
 
 async def _security_child(node: Node, *, task_status: trio.TaskStatus[Gatekeeper]) -> None:
-    """The gatekeeper (origin, client IP, limits, JWT, abuse, audit) and the token-expiry watch."""
-    settings = node.settings
-    audit = AuditLog()
-    limiter = LocalLimiter()
-    node.gatekeeper = Gatekeeper(
-        verifier=TokenVerifier(token_config(settings)),
-        origins=OriginPolicy(settings.allowed_origins, dev=settings.dev),
-        client_ips=ClientIpResolver(settings.trusted_proxies),
-        limiter=limiter,
-        detector=AbuseDetector(limiter, audit),
-        audit=audit,
-        limits=LimitsConfig(),
-    )
-    node.expiry = ExpiryWatch()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.expiry.run)
-        task_status.started(node.gatekeeper)
+    """The gatekeeper (origin, client IP, limits, JWT, abuse, audit) and the token-expiry watch.
+
+    With Redis, rate limits and blocks are one budget across all nodes (contract.md §5), with each
+    node's local limiter standing in while Redis fails (reliability.md S11).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        limiter: Limiter = LocalLimiter()
+        if node.settings.redis_url:
+            client = await stack.enter_async_context(open_redis(node.settings.redis_url))
+            limiter = FallbackLimiter(RedisLimiter(client), limiter)
+        audit = AuditLog()
+        settings = node.settings
+        node.gatekeeper = Gatekeeper(
+            verifier=TokenVerifier(token_config(settings)),
+            origins=OriginPolicy(settings.allowed_origins, dev=settings.dev),
+            client_ips=ClientIpResolver(settings.trusted_proxies),
+            limiter=limiter,
+            detector=AbuseDetector(limiter, audit),
+            audit=audit,
+            limits=LimitsConfig(),
+        )
+        node.expiry = ExpiryWatch()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.expiry.run)
+            task_status.started(node.gatekeeper)
 
 
 class _Registration:
