@@ -73,7 +73,7 @@ async def test_join_reply_echoes_both_refs_and_after_join_pushes_follow(client: 
         ["1", None, "room:1", "presence_state", {}],
     ]
     assert client.socket.topics == ["room:1"]
-    assert any(name == telemetry.CHANNEL_JOINED and md == {"channel": "RoomChannel"} for name, _, md in events)
+    assert any(name == telemetry.CHANNEL_JOINED and md == {"channel": "room"} for name, _, md in events)
 
 
 # 10
@@ -236,7 +236,7 @@ async def test_channel_crash_sends_phx_error_and_the_rejoin_succeeds(
     assert isinstance(reason, Exception)
     assert [r.name for r in caplog.records] == ["whispr.channel"]
     assert caplog.records[0].levelno == logging.ERROR
-    assert (telemetry.CHANNEL_CRASHED, {}, {"channel": "RoomChannel"}) in events
+    assert (telemetry.CHANNEL_CRASHED, {}, {"channel": "room"}) in events
     assert client.socket.topics == ["room:2"]
     assert pubsub.subscriber_count("room:1") == 0
     # The other channel is untouched, and the client's rejoin creates a fresh instance.
@@ -384,7 +384,7 @@ async def test_telemetry_counts_messages_and_reply_latency(client: Client, event
     assert names.count(telemetry.MESSAGE_RECEIVED) == 2
     assert names.count(telemetry.MESSAGE_SENT) == 3
     (latency,) = [md for name, _, md in events if name == telemetry.REPLY_LATENCY]
-    assert latency == {"channel": "RoomChannel", "event": "echo", "status": "ok"}
+    assert latency == {"channel": "room", "event": "echo", "status": "ok"}
 
 
 async def test_on_close_gives_terminate_callbacks_a_bounded_time(

@@ -74,7 +74,9 @@ from typing import Any
 import trio
 
 from whispr.delivery.store import InboxEntry, Message, MessageStore, StoreUnavailable
-from whispr.observability.telemetry import RECOVERY, emit
+from whispr.observability.telemetry import MESSAGE_DELIVERED, RECOVERY, emit
+
+_LIVE = {"path": "live"}
 
 PAGE_SIZE = 100
 """Entries read per store call, by replays and pulls."""
@@ -238,6 +240,8 @@ class Feed:
 class _Committed:
     message: Message
     members: tuple[str, ...]
+    accepted_at: float  # trio.current_time() when the router took the send
+    committed_at: float  # ... and when the store's commit returned
 
 
 class LiveDelivery:
@@ -276,13 +280,14 @@ class LiveDelivery:
                 if gate.user_id == user_id:
                     gate.revoked = True
 
-    def published(self, message: Message, members: tuple[str, ...]) -> None:
+    def published(self, message: Message, members: tuple[str, ...], accepted_at: float, committed_at: float) -> None:
         """A new message was committed: deliver it on its conversation and its members' inboxes.
 
-        `members` are the conversation's active members as the sender saw them. Synchronous, never
+        `members` are the conversation's active members as the sender saw them; `accepted_at` and
+        `committed_at` (Trio clock) time the delivery-latency telemetry. Synchronous, never
         blocks: the work is done by `run`, after the caller's current step.
         """
-        self._send.send_nowait(_Committed(message, members))
+        self._send.send_nowait(_Committed(message, members, accepted_at, committed_at))
 
     async def catch_up(self, feed: Feed, gate: Gate, first: Page) -> int:
         """Replay `first` and the pages after it to the gate, then make it live; return how many
@@ -343,6 +348,18 @@ class LiveDelivery:
                 if feed is not None:
                     feed.offer(message.seq, message.payload())
                     offered[feed] = None
+                    # Acceptance → written to the conversation's live devices (the offer writes synchronously).
+                    now = trio.current_time()
+                    emit(
+                        MESSAGE_DELIVERED,
+                        {
+                            "store": work.committed_at - work.accepted_at,
+                            "queue": now - work.committed_at,
+                            "pubsub": 0.0,
+                            "total": now - work.accepted_at,
+                        },
+                        _LIVE,
+                    )
                 for user_id in work.members:
                     # The inbox seq is assigned in the write but not returned: read it back.
                     inbox = self._feeds.get(user_topic(user_id))

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from whispr.delivery.live import LiveDelivery
 from whispr.delivery.store import Message, MessageStore
 
@@ -99,6 +101,7 @@ class MessageRouter:
             ConversationNotFound: the conversation does not exist.
             StoreUnavailable: nothing is acked; the client retries with the same `client_message_id`.
         """
+        accepted_at = trio.current_time()
         members = await self._store.members(conversation_id)
         if not as_system and sender_id not in members:
             raise NotMember(conversation_id)
@@ -114,7 +117,7 @@ class MessageRouter:
         )
         if not duplicate:
             # Synchronous: published before the caller's ack is written (module docstring, step 3).
-            self._live.published(message, tuple(members))
+            self._live.published(message, tuple(members), accepted_at, trio.current_time())
         return message, duplicate
 
 

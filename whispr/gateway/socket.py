@@ -216,7 +216,7 @@ class PhoenixSocket:
         emit(
             MESSAGE_RECEIVED,
             {"size": len(data)},  # characters for a text frame: the transport counted its bytes already
-            {"channel": "" if live is None else type(live.channel).__name__, "event": message.event},
+            {"channel": _prefix(message.topic) if live is not None else "", "event": message.event},
         )
         await self._run(self._session.receive(message))
         while self._mailbox:
@@ -267,7 +267,7 @@ class PhoenixSocket:
             frame = self._frame(Reply(action.topic, status, result.response, action.ref, action.join_ref))
         except Exception:
             _channel_log.exception("%s.join crashed on topic %r", name, action.topic)
-            emit(CHANNEL_CRASHED, {}, {"channel": name})
+            emit(CHANNEL_CRASHED, {}, {"channel": _prefix(action.topic)})
             await self._run(self._session.join_refused(action, {"reason": JOIN_CRASHED}))
             return
         if status == STATUS_OK:
@@ -275,10 +275,11 @@ class PhoenixSocket:
             self._channels[action.topic] = handle
             # Channel.Server.init_join/3 subscribes before the reply is written.
             self._pubsub.subscribe(action.topic, self)
-            emit(CHANNEL_JOINED, {"duration": perf_counter() - started}, {"channel": name})
+            emit(CHANNEL_JOINED, {"duration": perf_counter() - started}, {"channel": _prefix(action.topic)})
             actions = self._session.joined(action, result.response)
         else:
-            emit(CHANNEL_JOIN_REFUSED, {}, {"channel": name, "reason": str(result.response.get("reason", ""))})
+            reason = str(result.response.get("reason", ""))
+            emit(CHANNEL_JOIN_REFUSED, {}, {"channel": _prefix(action.topic), "reason": reason})
             actions = self._session.join_refused(action, result.response)
         # actions[0] is the join reply (Session contract), already encoded above.
         self._write(frame, _REPLY)
@@ -310,7 +311,7 @@ class PhoenixSocket:
             emit(
                 REPLY_LATENCY,
                 {"duration": perf_counter() - started},
-                {"channel": type(handle.channel).__name__, "event": action.event, "status": answer.status},
+                {"channel": _prefix(handle.topic), "event": action.event, "status": answer.status},
             )
         if isinstance(result, Stop):
             await self._run(self._session.stopped(handle.topic, handle.join_ref, result.reason))
@@ -329,7 +330,7 @@ class PhoenixSocket:
     async def _crash(self, handle: ChannelHandle, exc: Exception, callback: str) -> None:
         name = type(handle.channel).__name__
         _channel_log.error("%s.%s crashed on topic %r", name, callback, handle.topic, exc_info=exc)
-        emit(CHANNEL_CRASHED, {}, {"channel": name})
+        emit(CHANNEL_CRASHED, {}, {"channel": _prefix(handle.topic)})
         await self._run(self._session.crashed(handle.topic, handle.join_ref, exc))
 
     async def _terminate(self, action: Terminate) -> None:
@@ -337,8 +338,13 @@ class PhoenixSocket:
         self._pubsub.unsubscribe(action.topic, self)
         name = type(handle.channel).__name__
         if action.reason == LEFT:
-            emit(CHANNEL_LEFT, {}, {"channel": name})
+            emit(CHANNEL_LEFT, {}, {"channel": _prefix(action.topic)})
         try:
             await handle.channel.terminate(action.reason, handle)
         except Exception:
             _channel_log.exception("%s.terminate raised on topic %r", name, action.topic)
+
+
+def _prefix(topic: str) -> str:
+    """The telemetry `channel` of a topic: its prefix ("user:42" -> "user"), bounded, never an id."""
+    return topic.partition(":")[0]

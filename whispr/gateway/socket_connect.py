@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from whispr.channels.router import Router
 from whispr.gateway.socket import PhoenixSocket
 from whispr.gateway.transport import Accept, Connect, Refuse, Transport, UpgradeRequest
-from whispr.observability.telemetry import SOCKET_CONNECTED, emit
 from whispr.protocol import Identity, serializer_for_vsn
 from whispr.protocol.session import DEFAULT_MAX_CHANNELS
 from whispr.pubsub.local import PubSub
@@ -87,7 +86,6 @@ def make_connect(
         admitted = outcome
 
         def handler(transport: Transport) -> PhoenixSocket:
-            emit(SOCKET_CONNECTED, {}, {"transport": "websocket", "vsn": serializer.vsn})
             socket = PhoenixSocket(transport, serializer, router, pubsub, admitted.identity, max_channels=max_channels)
             admitted.opened(socket)
             return socket
