@@ -57,6 +57,9 @@ VALID = Settings(jwt_secret="x" * 32)
         ({"store_url": "mysql://db"}, "store_url must start with"),
         ({"log_format": "xml"}, "log_format must be"),
         ({"shutdown_grace": 0.0}, "shutdown_grace must be positive"),
+        ({"idle_timeout": 0.0}, "idle_timeout must be positive"),
+        ({"messages_per_minute": 0}, "messages_per_minute must be at least 1"),
+        ({"max_content_bytes": 0}, "max_content_bytes must be at least 1"),
     ],
 )
 def test_validation_names_the_wrong_setting(change: dict[str, object], message: str) -> None:

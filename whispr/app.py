@@ -44,6 +44,7 @@ from whispr.gateway.endpoint import Endpoint, EndpointConfig
 from whispr.gateway.socket import PhoenixSocket
 from whispr.gateway.socket_connect import Admitted, Authenticate, make_connect
 from whispr.gateway.transport import Refuse, UpgradeRequest
+from whispr.gateway.websocket import WebSocketLimits
 from whispr.observability.health import CheckResult, Readiness
 from whispr.observability.logs import attach_telemetry_logging, configure_logging
 from whispr.observability.loop_lag import measure_loop_lag
@@ -57,7 +58,7 @@ from whispr.security.audit import AuditLog
 from whispr.security.client_ip import ClientIpResolver
 from whispr.security.expiry import CLOSE_TOKEN_EXPIRED, ExpiryWatch
 from whispr.security.gatekeeper import Admission, Gatekeeper, SocketGuard
-from whispr.security.limits import FallbackLimiter, Limiter, LimitsConfig, LocalLimiter
+from whispr.security.limits import FallbackLimiter, Limiter, LimitsConfig, LocalLimiter, Rate
 from whispr.security.origin import OriginPolicy
 from whispr.security.tokens import TokenConfig, TokenVerifier, mint_token
 
@@ -185,7 +186,7 @@ async def _security_child(node: Node, *, task_status: trio.TaskStatus[Gatekeeper
             limiter=limiter,
             detector=AbuseDetector(limiter, audit),
             audit=audit,
-            limits=LimitsConfig(),
+            limits=limits_config(settings),
         )
         node.expiry = ExpiryWatch()
         async with trio.open_nursery() as nursery:
@@ -315,8 +316,25 @@ def readiness(node: Node) -> Readiness:
     return Readiness({"store": store_ok, "endpoint": listening}, on_report=node.metrics.observe_readiness)
 
 
-def endpoint_config(settings: Settings, **overrides: Any) -> EndpointConfig:
-    return EndpointConfig(host=settings.host, port=settings.port, ssl_context=ssl_context(settings), **overrides)
+def limits_config(settings: Settings) -> LimitsConfig:
+    """The contract.md §5 limits with the configured numbers."""
+    return LimitsConfig(
+        connections_per_ip=settings.connections_per_ip,
+        connect_rate=Rate("connect", settings.connects_per_5min, 300.0, "sliding_window"),
+        message_rate=Rate("message", settings.messages_per_minute, 60.0, "token_bucket"),
+        join_rate=Rate("join", settings.joins_per_minute, 60.0, "sliding_window"),
+        max_content_bytes=settings.max_content_bytes,
+    )
+
+
+def endpoint_config(settings: Settings) -> EndpointConfig:
+    """The listener: address, TLS, and the socket limits (contract.md §1, §5)."""
+    return EndpointConfig(
+        host=settings.host,
+        port=settings.port,
+        ssl_context=ssl_context(settings),
+        limits=WebSocketLimits(idle_timeout=settings.idle_timeout),
+    )
 
 
 def setup_logging(settings: Settings) -> None:

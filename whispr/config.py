@@ -49,6 +49,12 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     shutdown_grace: float = 30.0
+    idle_timeout: float = 90.0  # seconds without an inbound frame before close 4000 (contract.md §1)
+    connections_per_ip: int = 10  # concurrent sockets per client IP (contract.md §5)
+    connects_per_5min: int = 20  # connect attempts per client IP per 5 minutes
+    messages_per_minute: int = 100  # per user, one budget across nodes
+    joins_per_minute: int = 30  # per socket ("channel hopping")
+    max_content_bytes: int = 10_000  # UTF-8 bytes of a message's content
 
     _ENV_PREFIX = "WHISPR_"
 
@@ -122,6 +128,13 @@ class Settings:
         url = self.resolved_store_url
         if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError(f"store_url must start with sqlite:/// or postgresql://, got {url!r}")
+        for name in ("connections_per_ip", "connects_per_5min", "messages_per_minute", "joins_per_minute"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_content_bytes < 1:
+            raise ConfigError(f"max_content_bytes must be at least 1, got {self.max_content_bytes}")
+        if self.idle_timeout <= 0:
+            raise ConfigError(f"idle_timeout must be positive, got {self.idle_timeout}")
         if self.shutdown_grace <= 0:
             raise ConfigError(f"shutdown_grace must be positive, got {self.shutdown_grace}")
 
