@@ -24,7 +24,6 @@ same `client_message_id`); `not_member` when membership was revoked meanwhile, f
 
 from __future__ import annotations
 
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,15 +74,30 @@ def presence_meta(socket: ChannelSocket, deps: Deps) -> dict[str, Any]:
 def track_presence(socket: ChannelSocket, deps: Deps) -> None:
     """Track the device on the socket's topic, key = user id, tracking id = socket id.
 
-    A device whose previous socket has not closed yet already tracks the topic: that meta stays.
+    A device whose previous socket has not closed yet (the server still waits for it to answer its
+    1001, e.g. a half-open connection after a network switch) already tracks the topic: that meta
+    stays, and is handed over to this socket: the old socket's terminate must not remove it, or
+    the device would leave a grace period later while connected.
     """
     identity = socket.identity
-    with suppress(AlreadyTracked):
+    try:
         deps.presence.track(socket.topic, identity.user_id, identity.socket_id, presence_meta(socket, deps))
+    except AlreadyTracked:
+        handover = (socket.topic, identity.socket_id)
+        deps.presence_handovers[handover] = deps.presence_handovers.get(handover, 0) + 1
 
 
 def untrack_presence(socket: ChannelSocket, deps: Deps) -> None:
-    """Leave the socket's topic (after the tracker's grace period)."""
+    """Leave the socket's topic (after the tracker's grace period), unless the device's meta was
+    handed over to a newer socket of it (`track_presence`)."""
+    handover = (socket.topic, socket.identity.socket_id)
+    pending = deps.presence_handovers.get(handover, 0)
+    if pending:
+        if pending == 1:
+            del deps.presence_handovers[handover]
+        else:
+            deps.presence_handovers[handover] = pending - 1
+        return
     deps.presence.untrack(socket.topic, socket.identity.user_id, socket.identity.socket_id)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -49,6 +49,10 @@ class Deps:
         guard: the socket's guard, by identity (the gatekeeper's `SocketGuard` of that socket).
         typing: typing-indicator coalescing, node-wide.
         wall_ms: wall clock in ms (`server_time`, read receipts' `at`, presence `online_at`).
+        presence_handovers: (topic, socket id) -> how many joins found the device's meta still
+            tracked by its previous socket (a reconnect that beat the old socket's close); that
+            many terminates of the topic for the device leave the meta alone
+            (`whispr.channels.conversation.track_presence`).
     """
 
     store: MessageStore
@@ -59,6 +63,7 @@ class Deps:
     guard: Callable[[Identity], Guard]
     typing: TypingCoalescer
     wall_ms: Callable[[], int]
+    presence_handovers: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @classmethod
     def build(
