@@ -71,6 +71,7 @@ async def running_endpoint(
     *,
     http_routes: Mapping[str, HttpHandler] | None = None,
     extra_websocket_routes: Mapping[str, WebSocketRoute] | None = None,
+    http_prefix_routes: Mapping[str, HttpHandler] | None = None,
     **config: Any,
 ) -> AsyncIterator[tuple[Endpoint, int]]:
     """An endpoint on 127.0.0.1, a free port, for the body of the `async with`; `config` sets EndpointConfig fields."""
@@ -79,6 +80,7 @@ async def running_endpoint(
         connect,
         http_routes=http_routes,
         extra_websocket_routes=extra_websocket_routes,
+        http_prefix_routes=http_prefix_routes,
     )
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(endpoint.serve)

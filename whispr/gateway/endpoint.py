@@ -5,17 +5,23 @@ Start it under a supervisor (or any nursery) with `port = await nursery.start(en
 Theory of operation:
 - One accept loop on a non-blocking listening socket (`trio.lowlevel.wait_readable`), one task
   per accepted connection. No `trio.SocketStream` on the plain path: the connection writes with
-  the socket's own non-blocking `send` (see `whispr.gateway.websocket`).
+  the socket's own non-blocking `send` (see `whispr.gateway.websocket`). On Linux the listener
+  sets TCP_NODELAY (inherited by accepted sockets) and TCP_DEFER_ACCEPT (a connection is accepted
+  once its first bytes arrived, so a connect usually costs one wake-up, not two).
 - The front door reads the request head itself: at most `max_head_size` bytes (431 beyond),
-  at most `max_headers` header lines (431), parsed by h11 (`whispr.gateway.http`). Everything
-  up to the 101, `connect` included, must finish within `handshake_timeout`, or the connection
-  is dropped without an answer (contract.md §5).
+  at most `max_headers` header lines (431), parsed strictly (`whispr.gateway.http.parse_head`).
+  A plain request's body is read when `Content-Length` announces one (at most `max_body_size`
+  bytes, else 413; chunked → 411; `Expect: 100-continue` is answered). Everything up to the 101
+  or the answer, `connect` and the body included, must finish within `handshake_timeout`, or the
+  connection is dropped without an answer (contract.md §5).
 - Routing (protocol.md §1.2): a WebSocket route (`socket_path`, plus any extra route such as the
   test-only Autobahn echo) takes only a GET upgrade (other methods and a plain GET → 400, a bad
   handshake → 400/426); then `connect(UpgradeRequest)` decides: `Refuse` → that status with its
   headers and an empty body, no upgrade; `Accept` → 101 and the connection runs. A plain route
   (/health, /ready, /metrics: handlers given by `whispr.api`) takes only GET (else 400).
-  `longpoll_path` and every other path → 404.
+  `longpoll_path` → 404. Then the prefix routes (`http_prefix_routes`, e.g. "/api/v1/"), longest
+  prefix first, take every method (a HEAD answer goes out without its body); every other
+  path → 404.
 
 Error handling: every connection is its own exception boundary. A bug in a handler or in
 `connect` is logged on `whispr.gateway` and answered (500 before the upgrade, close 1011 after);
@@ -26,18 +32,22 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 import ssl
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
 from whispr.gateway.http import (
+    CONTINUE,
     HeadError,
     HttpHandler,
     HttpRequest,
     HttpResponse,
+    body_length,
     check_handshake,
     is_upgrade,
     parse_head,
@@ -52,8 +62,10 @@ _log = logging.getLogger("whispr.gateway")
 
 _ACCEPT_BURST = 100  # connections accepted per wake-up before yielding to other tasks
 _LINGER = 1.0  # seconds to drain a client's leftover bytes after a plain response (avoids an RST)
+_LINUX = sys.platform == "linux"  # TCP_NODELAY inherited from the listener; TCP_DEFER_ACCEPT
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _Stream = trio.SSLStream[trio.SocketStream]
+_TEXT = (("Content-Type", "text/plain"),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,7 @@ class EndpointConfig:
         handshake_timeout: seconds from accept to the 101 (or the HTTP answer); then dropped.
         max_head_size: bytes of one request head (over it: 431).
         max_headers: header lines of one request head (over it: 431).
+        max_body_size: bytes of one plain request's body (over it: 413).
         socket_path: the Phoenix WebSocket path.
         longpoll_path: the Phoenix long-poll path, answered 404 (long-poll is not served).
         limits: the limits of connections on `socket_path`.
@@ -90,6 +103,7 @@ class EndpointConfig:
     handshake_timeout: float = 10.0
     max_head_size: int = 16 * 1024
     max_headers: int = 100
+    max_body_size: int = 1024 * 1024
     socket_path: str = "/socket/websocket"
     longpoll_path: str = "/socket/longpoll"
     limits: WebSocketLimits = field(default_factory=WebSocketLimits)
@@ -101,6 +115,8 @@ class EndpointConfig:
             raise ValueError(f"EndpointConfig.handshake_timeout must be positive, got {self.handshake_timeout!r}")
         if self.max_head_size < 1024 or self.max_headers < 1:
             raise ValueError("EndpointConfig.max_head_size must be at least 1024 and max_headers at least 1")
+        if self.max_body_size < 0:
+            raise ValueError(f"EndpointConfig.max_body_size must not be negative, got {self.max_body_size!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +137,16 @@ class Endpoint:
         *,
         http_routes: Mapping[str, HttpHandler] | None = None,
         extra_websocket_routes: Mapping[str, WebSocketRoute] | None = None,
+        http_prefix_routes: Mapping[str, HttpHandler] | None = None,
     ) -> None:
-        """Serve `connect` on `config.socket_path`, `http_routes` (path → GET handler) and any
-        extra WebSocket routes (e.g. the Autobahn echo, in tests only).
+        """Serve `connect` on `config.socket_path`, `http_routes` (path → GET handler), any
+        extra WebSocket routes (e.g. the Autobahn echo, in tests only) and `http_prefix_routes`
+        (path prefix → handler of every method on the paths starting with it, e.g. "/api/v1/").
+
+        Exact routes (WebSocket, plain, long-poll) win over prefixes; among prefixes the longest wins.
 
         Raises:
-            ValueError: two routes share a path.
+            ValueError: two routes share a path, or a prefix does not start with "/".
         """
         self._config = config
         self._websocket_routes = {config.socket_path: WebSocketRoute(connect, config.limits)}
@@ -138,6 +158,11 @@ class Endpoint:
         clash = set(self._websocket_routes) & (set(self._http_routes) | {config.longpoll_path})
         if clash:
             raise ValueError(f"paths served twice: {sorted(clash)}")
+        prefixes = dict(http_prefix_routes or {})
+        bad = [prefix for prefix in prefixes if not prefix.startswith("/")]
+        if bad:
+            raise ValueError(f"HTTP prefix routes must start with '/': {sorted(bad)}")
+        self._prefix_routes = sorted(prefixes.items(), key=lambda item: len(item[0]), reverse=True)
         self._connections = 0
         self._handshakes = 0
 
@@ -174,6 +199,13 @@ class Endpoint:
         listener = socket.socket(family, kind, proto)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if _LINUX:
+                # Accepted sockets inherit TCP_NODELAY (one setsockopt fewer per connection), and
+                # TCP_DEFER_ACCEPT holds a connection in the kernel until its first bytes arrive,
+                # so the head is there at accept: no EAGAIN, no epoll round trip, and a client
+                # that connects but stays silent costs no descriptor and no task.
+                listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, math.ceil(config.handshake_timeout))
             if config.reuse_port:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             listener.bind(address)
@@ -202,7 +234,8 @@ class Endpoint:
                         continue
                     raise
                 sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if not _LINUX:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 nursery.start_soon(self._serve_connection, sock, (address[0], address[1]), nursery)
 
     async def _serve_connection(self, sock: socket.socket, peer: tuple[str, int], nursery: trio.Nursery) -> None:
@@ -228,10 +261,11 @@ class Endpoint:
     async def _front_door(
         self, sock: socket.socket, peer: tuple[str, int], nursery: trio.Nursery
     ) -> tuple[WebSocketConnection, Accept, bytes] | None:
-        """Answer one request head; the upgraded connection (not yet run) or None when answered."""
+        """Answer one request; the upgraded connection (not yet run) or None when answered."""
         config = self._config
         stream = tls_stream(sock, config.ssl_context) if config.ssl_context is not None else None
         response: HttpResponse | None = None
+        head_only = False
         with trio.move_on_after(config.handshake_timeout):
             try:
                 read = await _read_head(sock, stream, config.max_head_size)
@@ -239,14 +273,21 @@ class Endpoint:
                     return None
                 head, received = read
                 request = parse_head(head, peer, config.max_headers)
-            except HeadError as exc:
-                response = HttpResponse(exc.status, body=f"{exc.reason}\n".encode())
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                return None  # peer gone, or a failed TLS handshake
-            else:
                 route = self._websocket_routes.get(request.path)
                 if route is None:
-                    response = await self._answer_http(request)
+                    handler, response = self._http_route(request)
+                    if handler is not None:
+                        length = body_length(request, config.max_body_size)
+                        if isinstance(length, HttpResponse):
+                            response = length
+                        else:
+                            if length:
+                                body = await _read_body(sock, stream, received, length, request)
+                                if body is None:
+                                    return None
+                                request = replace(request, body=body)
+                            response = await self._call(handler, request)
+                            head_only = request.method == "HEAD"
                 else:
                     outcome = await self._upgrade(request, route)
                     if isinstance(outcome, HttpResponse):
@@ -261,8 +302,13 @@ class Endpoint:
                         )
                         _log.info("socket connected %s %s", peer, request.path)
                         return connection, accept, received
+            except HeadError as exc:
+                response = HttpResponse(exc.status, body=f"{exc.reason}\n".encode())
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return None  # peer gone, or a failed TLS handshake
+            assert response is not None  # every branch above answers or returns
             try:
-                await _send_all(sock, stream, render_response(response))
+                await _send_all(sock, stream, render_response(response, head_only))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return None
         if response is not None and stream is None:
@@ -273,6 +319,10 @@ class Endpoint:
         """Check the handshake and ask `connect`; the refusal to send, or the Accept and its 101."""
         if request.method != "GET" or not is_upgrade(request):
             return self._refused(HttpResponse(400, body=b"WebSocket upgrade expected\n"), "bad_request")
+        headers = request.headers
+        if "transfer-encoding" in headers or int(headers.get("content-length", "0")):
+            # The bytes after the head are WebSocket frames; a body would be read as frames.
+            return self._refused(HttpResponse(400, body=b"WebSocket upgrade with a body\n"), "bad_request")
         accept_key = check_handshake(request)
         if isinstance(accept_key, HttpResponse):
             return self._refused(accept_key, "bad_handshake")
@@ -294,17 +344,28 @@ class Endpoint:
         telemetry.emit(telemetry.SOCKET_REFUSED, metadata={"status": response.status, "reason": reason})
         return response
 
-    async def _answer_http(self, request: HttpRequest) -> HttpResponse:
-        handler = self._http_routes.get(request.path)
-        if handler is None:
-            return HttpResponse(404, (("Content-Type", "text/plain"),), b"Not Found\n")
-        if request.method != "GET":
-            return HttpResponse(400, (("Content-Type", "text/plain"),), b"GET only\n")
+    def _http_route(self, request: HttpRequest) -> tuple[HttpHandler, None] | tuple[None, HttpResponse]:
+        """The handler for a plain request, or the answer when there is none (404, or 400 for a
+        non-GET on an exact route)."""
+        path = request.path
+        handler = self._http_routes.get(path)
+        if handler is not None:
+            if request.method != "GET":
+                return None, HttpResponse(400, _TEXT, b"GET only\n")
+            return handler, None
+        if path != self._config.longpoll_path:
+            for prefix, prefix_handler in self._prefix_routes:
+                if path.startswith(prefix):
+                    return prefix_handler, None
+        return None, HttpResponse(404, _TEXT, b"Not Found\n")
+
+    @staticmethod
+    async def _call(handler: HttpHandler, request: HttpRequest) -> HttpResponse:
         try:
             return await handler(request)
         except Exception:
-            _log.exception("HTTP route %s failed", request.path)
-            return HttpResponse(500, (("Content-Type", "text/plain"),), b"Internal Server Error\n")
+            _log.exception("HTTP route %s %s failed", request.method, request.path)
+            return HttpResponse(500, _TEXT, b"Internal Server Error\n")
 
 
 async def _receive_some(sock: socket.socket, stream: _Stream | None, size: int) -> bytes | bytearray:
@@ -340,6 +401,26 @@ async def _read_head(sock: socket.socket, stream: _Stream | None, limit: int) ->
             return bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
         if len(buffer) >= limit:
             raise HeadError(431, "request head too large")
+
+
+async def _read_body(
+    sock: socket.socket, stream: _Stream | None, received: bytes, length: int, request: HttpRequest
+) -> bytes | None:
+    """The `length` body bytes, starting with those `received` after the head; None at EOF.
+
+    Answers `Expect: 100-continue` first when the body has not started arriving.
+    """
+    if len(received) >= length:
+        return received[:length]
+    if not received and request.headers.get("expect", "").lower() == "100-continue":
+        await _send_all(sock, stream, CONTINUE)
+    buffer = bytearray(received)
+    while len(buffer) < length:
+        data = await _receive_some(sock, stream, length - len(buffer))
+        if not data:
+            return None
+        buffer += data
+    return bytes(buffer)
 
 
 async def _send_all(sock: socket.socket, stream: _Stream | None, data: bytes) -> None:

@@ -1,9 +1,10 @@
 """The HTTP half of the front door, sans-I/O: request heads in, responses and the 101 out.
 
-One port serves the WebSocket upgrade and a few plain routes (/health, /ready, /metrics), so the
-endpoint reads each request head itself (capped, under the handshake timeout) and parses it here
-with h11. Every plain response closes the connection (`Connection: close`): no keep-alive,
-no request bodies.
+One port serves the WebSocket upgrade, a few plain routes (/health, /ready, /metrics) and the
+prefix routes of the service API, so the endpoint reads each request head itself (capped, under
+the handshake timeout) and parses it here. Every plain response closes the connection
+(`Connection: close`): no keep-alive. A request body is read when `Content-Length` announces one
+(capped: 413 beyond); chunked transfer coding is not supported (411, see `body_length`).
 
 The upgrade is checked against RFC 6455 §4.2.1 (GET, HTTP/1.1, `Host`, `Upgrade: websocket`,
 `Connection: Upgrade`, a 16-byte base64 `Sec-WebSocket-Key`) and answered per §4.2.2; an
@@ -15,14 +16,19 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qsl
 
-import h11
-
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+_TEXT_PLAIN = (("Content-Type", "text/plain"),)
+_TCHAR = rb"-!#$%&'*+.^_`|~0-9A-Za-z"  # RFC 9110 §5.6.2
+# request-line CRLF *( field-line CRLF ) CRLF; every repetition starts with a character the next
+# element cannot start with, so matching is linear (no backtracking on hostile input).
+_HEAD = re.compile(rb"[%s]+ [\x21-\x7e]+ HTTP/1\.[01]\r\n(?:[%s]+:[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n" % (_TCHAR, _TCHAR))
+_SPECIAL = frozenset({"host", "content-length", "sec-websocket-protocol", "upgrade", "connection"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,8 @@ class HttpRequest:
     connection: frozenset[str]
     http_version: str
     peer: tuple[str, int]
+    body: bytes = b""
+    """The request body (`Content-Length` bytes); empty without one and on WebSocket routes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +64,14 @@ class HttpResponse:
 
 
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
-"""A plain route: GET only, may await (e.g. `/metrics` rendering in `trio.to_thread`)."""
+"""A plain route; may await (e.g. `/metrics` rendering in `trio.to_thread`).
+
+An exact route (`http_routes`) gets GET requests only; a prefix route (`http_prefix_routes`) gets
+every method and answers 405 itself for those it does not serve. Raising is a bug: logged, 500.
+"""
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+"""The interim response to `Expect: 100-continue`, sent before reading the body (RFC 9110 §10.1.1)."""
 
 
 class HeadError(Exception):
@@ -69,49 +84,95 @@ class HeadError(Exception):
 
 
 def parse_head(head: bytes, peer: tuple[str, int], max_headers: int) -> HttpRequest:
-    """Parse one complete request head (up to and including the blank line).
+    """Parse one complete request head (up to and including the blank line), strictly.
+
+    The grammar is RFC 9112 §3 and §5 with CRLF line ends only: no obsolete line folding, no
+    whitespace before a colon, no control characters but HTAB in a value, HTTP/1.0 or 1.1 only.
+    HTTP/1.1 needs exactly one `Host` (§3.2); `Content-Length` must be one field of digits and
+    never comes with `Transfer-Encoding` (§6.3: request smuggling). Every head accepted here is
+    accepted alike by h11 (tests/gateway/test_http.py checks it with Hypothesis).
 
     Raises:
         HeadError: malformed (400), or more than `max_headers` header lines (431).
     """
-    connection = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + 1)
-    connection.receive_data(head)
-    try:
-        event = connection.next_event()
-    except h11.RemoteProtocolError as exc:
-        raise HeadError(400, str(exc)) from None
-    if not isinstance(event, h11.Request):
-        raise HeadError(400, "incomplete request head")
-    raw_headers = event.headers.raw_items()
-    if len(raw_headers) > max_headers:
+    if head.count(b"\r\n") - 2 > max_headers:
         raise HeadError(431, "too many header fields")
+    if _HEAD.fullmatch(head) is None:
+        raise HeadError(400, "malformed request head")
+    lines = head.decode("latin-1").split("\r\n")
+    del lines[-2:]  # the blank line
+    method, target, version = lines[0].split(" ")
     headers: dict[str, str] = {}
     subprotocols: list[str] = []
     upgrade: set[str] = set()
     tokens: set[str] = set()
-    for raw_name, raw_value in raw_headers:
-        name = raw_name.decode("ascii").lower()
-        value = raw_value.decode("latin-1")
+    hosts = 0
+    content_length: str | None = None
+    for index in range(1, len(lines)):
+        name, _, value = lines[index].partition(":")
+        name = name.lower()
+        value = value.strip(" \t")
+        if name in _SPECIAL:
+            if name == "host":
+                hosts += 1
+            elif name == "content-length":
+                if content_length is not None or not (value.isascii() and value.isdigit()) or len(value) > 18:
+                    raise HeadError(400, "bad or duplicate Content-Length")
+                content_length = value
+            elif name == "sec-websocket-protocol":
+                subprotocols.extend(item.strip() for item in value.split(",") if item.strip())
+            elif name == "upgrade":
+                upgrade.update(item.strip().lower() for item in value.split(","))
+            else:  # connection
+                tokens.update(item.strip().lower() for item in value.split(","))
         headers[name] = value
-        if name == "sec-websocket-protocol":
-            subprotocols.extend(item.strip() for item in value.split(",") if item.strip())
-        elif name == "upgrade":
-            upgrade.update(item.strip().lower() for item in value.split(","))
-        elif name == "connection":
-            tokens.update(item.strip().lower() for item in value.split(","))
-    target = event.target.decode("ascii")
+    version = version[5:]
+    if hosts > 1 or (hosts == 0 and version == "1.1"):
+        raise HeadError(400, "missing or duplicate Host")
+    if content_length is not None and "transfer-encoding" in headers:
+        raise HeadError(400, "both Content-Length and Transfer-Encoding")
     path, _, query = target.partition("?")
     return HttpRequest(
-        method=event.method.decode("ascii"),
+        method=method,
         path=path,
-        query=dict(parse_qsl(query, keep_blank_values=True)),
+        query=_parse_query(query) if query else {},
         headers=headers,
         subprotocols=tuple(subprotocols),
         upgrade=frozenset(upgrade),
         connection=frozenset(tokens),
-        http_version=event.http_version.decode("ascii"),
+        http_version=version,
         peer=peer,
     )
+
+
+def _parse_query(query: str) -> dict[str, str]:
+    """`dict(parse_qsl(query, keep_blank_values=True))`, without its cost when nothing is escaped."""
+    if "%" in query or "+" in query:
+        return dict(parse_qsl(query, keep_blank_values=True))
+    parsed: dict[str, str] = {}
+    for item in query.split("&"):
+        if item:
+            name, _, value = item.partition("=")
+            parsed[name] = value
+    return parsed
+
+
+def body_length(request: HttpRequest, max_body_size: int) -> int | HttpResponse:
+    """How many body bytes follow the head, or the refusal to send instead of reading them.
+
+    `Content-Length` was validated by `parse_head` (one field, digits only). Chunked (or any)
+    transfer coding → 411, asking for a `Content-Length`; over `max_body_size` → 413.
+    """
+    headers = request.headers
+    if "transfer-encoding" in headers:
+        return HttpResponse(411, _TEXT_PLAIN, b"Content-Length required (no chunked request bodies)\n")
+    value = headers.get("content-length")
+    if value is None:
+        return 0
+    length = int(value)
+    if length > max_body_size:
+        return HttpResponse(413, _TEXT_PLAIN, b"Request body too large\n")
+    return length
 
 
 def is_upgrade(request: HttpRequest) -> bool:
@@ -148,8 +209,11 @@ def render_switching_protocols(accept: str, subprotocol: str | None) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def render_response(response: HttpResponse) -> bytes:
-    """Serialize `response` with `Content-Length` and `Connection: close`."""
+def render_response(response: HttpResponse, head_only: bool = False) -> bytes:
+    """Serialize `response` with `Content-Length` and `Connection: close`.
+
+    `head_only` (the answer to a HEAD request) keeps the `Content-Length` and omits the body.
+    """
     try:
         phrase = HTTPStatus(response.status).phrase
     except ValueError:
@@ -158,4 +222,5 @@ def render_response(response: HttpResponse) -> bytes:
     lines.extend(f"{name}: {value}" for name, value in response.headers)
     lines.append(f"Content-Length: {len(response.body)}")
     lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + response.body
