@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -13,7 +14,7 @@ from whispr.gateway.transport import Refuse, UpgradeRequest
 from whispr.security.abuse import AbuseConfig, AbuseDetector
 from whispr.security.audit import AuditLog
 from whispr.security.client_ip import ClientIpResolver
-from whispr.security.gatekeeper import Admission, Gatekeeper, Refusal, SocketGuard
+from whispr.security.gatekeeper import Admission, DirectoryUnavailable, Gatekeeper, Refusal, SocketGuard
 from whispr.security.limits import Limiter, LimitsConfig, LocalLimiter
 from whispr.security.origin import OriginPolicy
 from whispr.security.tokens import TokenConfig, TokenVerifier
@@ -32,7 +33,15 @@ def upgrade(peer: str = "203.0.113.7", **headers: str) -> UpgradeRequest:
     )
 
 
-def gatekeeper(limiter: Limiter | None = None, trusted: tuple[str, ...] = ()) -> Gatekeeper:
+async def everyone_active(user_id: str) -> bool:
+    return True
+
+
+def gatekeeper(
+    limiter: Limiter | None = None,
+    trusted: tuple[str, ...] = (),
+    users: Callable[[str], Awaitable[bool]] = everyone_active,
+) -> Gatekeeper:
     limiter = limiter or LocalLimiter()
     audit = AuditLog()
     return Gatekeeper(
@@ -43,6 +52,7 @@ def gatekeeper(limiter: Limiter | None = None, trusted: tuple[str, ...] = ()) ->
         detector=AbuseDetector(limiter, audit, AbuseConfig()),
         audit=audit,
         limits=LimitsConfig(),
+        users=users,
     )
 
 
@@ -175,8 +185,8 @@ async def test_message_rate_then_spam_block(autojump_clock: trio.abc.Clock, seen
     assert await guard.check_message("hi") == Refusal("rate_limit_exceeded", 600)  # socket kept
     assert await guard.check_message("hi") == Refusal("rate_limit_exceeded", 600)
     blocked = await guard.check_message("hi")  # third refusal in a row: spam
-    assert blocked == Refusal("rate_limit_exceeded", 300_000, 1008)
-    assert blocked.response() == {"reason": "rate_limit_exceeded", "retry_after_ms": 300_000}
+    assert blocked == Refusal("blocked", 300_000, 1008)  # contract §5: spam → blocked, close 1008
+    assert blocked.response() == {"reason": "blocked", "retry_after_ms": 300_000}
     refused = await gate.admit(upgrade("198.51.100.9"), TOKEN)  # the user, not the IP, is blocked
     assert isinstance(refused, Refuse)
     assert (refused.status, refused.reason) == (429, "blocked")
@@ -245,3 +255,29 @@ class StallingLimiter(LocalLimiter):
         if subject.startswith("user:"):
             await trio.sleep_forever()
         return await super().blocked_for(subject)
+
+
+async def test_inactive_user_is_refused_403_and_audited_as_refused(caplog: pytest.LogCaptureFixture) -> None:
+    async def nobody_active(user_id: str) -> bool:
+        return False
+
+    gate = gatekeeper(users=nobody_active)
+    refused = await gate.admit(upgrade("198.51.100.20"), TOKEN)
+    assert isinstance(refused, Refuse)
+    assert (refused.status, refused.reason) == (403, "inactive_user")
+    assert gate.slots.held("198.51.100.20") == 0
+    (record,) = [r for r in caplog.records if r.name == "whispr.audit"]
+    assert record.audit["outcome"] == "refused"  # type: ignore[attr-defined]
+    assert record.audit["reason"] == "inactive_user"  # type: ignore[attr-defined]
+
+
+async def test_user_directory_down_refuses_503_with_retry_after() -> None:
+    async def directory_down(user_id: str) -> bool:
+        raise DirectoryUnavailable("store down")
+
+    gate = gatekeeper(users=directory_down)
+    refused = await gate.admit(upgrade("198.51.100.21"), TOKEN)
+    assert isinstance(refused, Refuse)
+    assert (refused.status, refused.reason) == (503, "user_directory_unavailable")
+    assert retry_after(refused) == "5"
+    assert gate.slots.held("198.51.100.21") == 0

@@ -36,6 +36,7 @@ from whispr.delivery.deps import Deps
 from whispr.delivery.router import SYSTEM_SENDER, Draft, InvalidPayload, NotMember
 from whispr.delivery.store import ConversationNotFound, StoreUnavailable
 from whispr.pubsub.local import PubSub
+from whispr.security.audit import AuditLog
 from whispr.security.limits import content_too_large
 
 PREFIX = "/api/v1/"
@@ -81,6 +82,7 @@ class ServiceApi:
             raise ValueError("the service API needs at least one non-empty API key")
         self._deps = deps
         self._pubsub = pubsub
+        self._audit = AuditLog()  # revocations are security events (contract §7, reliability S20)
         self._keys = [key.encode() for key in api_keys]
         self._max_content_bytes = max_content_bytes
         # (method, path pattern) -> handler; "*" matches one path segment, passed as a parameter.
@@ -203,15 +205,22 @@ class ServiceApi:
         if not isinstance(active, bool):
             raise ApiError(422, "invalid_payload")
         await self._deps.store.upsert_user(user_id, active)
-        disconnected = 0 if active else self._deps.connections.disconnect_user(user_id)
+        disconnected = 0
+        if not active:
+            disconnected = self._deps.connections.disconnect_user(user_id)
+            self._audit.revocation(user_id=user_id, device_id=None, reason="deactivated")
         return json_response(200, {"user_id": user_id, "active": active, "disconnected": disconnected})
 
     async def _disconnect_user(self, params: list[str], body: dict[str, Any]) -> Response:
-        return json_response(200, {"disconnected": self._deps.connections.disconnect_user(params[0])})
+        disconnected = self._deps.connections.disconnect_user(params[0])
+        self._audit.revocation(user_id=params[0], device_id=None, reason="api_disconnect")
+        return json_response(200, {"disconnected": disconnected})
 
     async def _disconnect_device(self, params: list[str], body: dict[str, Any]) -> Response:
         user_id, device_id = params
-        return json_response(200, {"disconnected": int(self._deps.connections.disconnect_device(user_id, device_id))})
+        disconnected = self._deps.connections.disconnect_device(user_id, device_id)
+        self._audit.revocation(user_id=user_id, device_id=device_id, reason="api_disconnect")
+        return json_response(200, {"disconnected": int(disconnected)})
 
     async def _connections(self, params: list[str], body: dict[str, Any]) -> Response:
         return json_response(200, {"connections": self._deps.connections.describe()})

@@ -18,7 +18,7 @@ stored. A `Refusal` is sent as the `phx_reply` error (`response()`); when its `c
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,11 @@ from whispr.security.tokens import AuthError, TokenVerifier, VerifiedToken, toke
 
 CLOSE_POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1; contract §6: blocked by abuse detection
 CAP_RETRY_AFTER = 10.0  # a per-IP slot frees when one of the IP's sockets closes; there is no knowing when
+USER_DIRECTORY_RETRY_AFTER = 5.0  # seconds before a client should try again while the directory is down
+
+
+class DirectoryUnavailable(Exception):
+    """The user directory cannot answer (its store or service is down): the upgrade gets 503."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +89,13 @@ class Gatekeeper:
         detector: AbuseDetector,
         audit: AuditLog,
         limits: LimitsConfig,
+        users: Callable[[str], Awaitable[bool]],
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
+        """`users(user_id)` tells whether the user is active in the user directory (contract §1);
+        it raises `DirectoryUnavailable` when it cannot tell, which refuses the upgrade with 503."""
         self._verifier = verifier
+        self._users = users
         self._origins = origins
         self._client_ips = client_ips
         self._limiter = limiter
@@ -100,8 +109,8 @@ class Gatekeeper:
         """Decide an upgrade. `token` is what the socket layer extracted (query, authToken
         subprotocol or bearer header), None when there was none.
 
-        Blocks on at most three limiter calls (Redis round trips with the shared limiter); the
-        token check is CPU only. Cancellable: a cancelled call holds no slot. Raises only what the
+        Blocks on at most three limiter calls (Redis round trips with the shared limiter) and one
+        user-directory lookup; the token check is CPU only. Cancellable: a cancelled call holds no slot. Raises only what the
         limiter raises (nothing with `LocalLimiter` or `FallbackLimiter`); `peer` must be an IP.
         """
         headers = request.headers
@@ -146,6 +155,17 @@ class Gatekeeper:
         if blocked:
             release()
             return refused(429, "blocked", blocked, identity)
+        try:
+            active = await self._users(identity.user_id)
+        except DirectoryUnavailable:
+            release()
+            return refused(503, "user_directory_unavailable", USER_DIRECTORY_RETRY_AFTER, identity)
+        except BaseException:
+            release()
+            raise
+        if not active:
+            release()
+            return refused(403, "inactive_user", None, identity)
         self._audit.connection_attempt(client_ip=client_ip, accepted=True, identity=identity, user_agent=user_agent)
         return Admission(identity, client_ip, release)
 
@@ -157,9 +177,9 @@ class Gatekeeper:
 class SocketGuard:
     """Join rate, message rate and size, and spam detection for one socket.
 
-    Both checks are checkpoints and cancellable; `check_message` blocks on one limiter call (a
-    Redis round trip with the shared limiter), plus one more when it blocks the user. Neither
-    raises except what the limiter raises.
+    Both checks are checkpoints and cancellable; each blocks on one limiter call (a Redis round
+    trip with the shared limiter), plus one more when it blocks the user. Neither raises except
+    what the limiter raises.
     """
 
     def __init__(
@@ -182,8 +202,12 @@ class SocketGuard:
         self._refusals_in_a_row = 0  # message-rate refusals since the last accepted message
 
     async def check_join(self) -> Refusal | None:
-        """None: go on with the join. Otherwise the join is over the rate: refuse, then close (blocked)."""
-        await trio.lowlevel.checkpoint()
+        """None: go on with the join. Otherwise refuse, then close: `blocked` when the user is blocked
+        (by abuse detection on any socket or node, contract §2), `rate_limit_exceeded` when the join is
+        over the rate (which blocks the user)."""
+        blocked = await self._limiter.blocked_for(user_subject(self._identity.user_id))
+        if blocked:
+            return Refusal("blocked", math.ceil(blocked * 1000), CLOSE_POLICY_VIOLATION)
         if self._joins.hit(round(self._clock() * MICROS)).allowed:
             return None
         _limit_exceeded(self._audit, "join", self._client_ip, self._identity)
@@ -199,7 +223,8 @@ class SocketGuard:
             _limit_exceeded(self._audit, "message", self._client_ip, self._identity)
             verdict = await self._detector.message_refused(self._refusals_in_a_row, self._identity, self._client_ip)
             if verdict is not None:
-                return Refusal("rate_limit_exceeded", math.ceil(verdict.seconds * 1000), CLOSE_POLICY_VIOLATION)
+                # contract §5 "spam": blocked, close 1008
+                return Refusal("blocked", math.ceil(verdict.seconds * 1000), CLOSE_POLICY_VIOLATION)
             return Refusal("rate_limit_exceeded", decision.retry_after_ms)
         self._refusals_in_a_row = 0
         if content_too_large(content, self._limits.max_content_bytes):

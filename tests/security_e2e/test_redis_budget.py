@@ -1,0 +1,94 @@
+"""One message budget per user across nodes (contract §5 "one budget across all nodes"; reliability B8, S11).
+
+Two nodes share a private Redis (`redis_url`) and one store; one user has a socket on each. 150
+pushes, all in flight at once, must get at most 100 `ok`s between them (plus what the token bucket
+refills during the burst: one per 600 ms of wall time, since the Redis limiter runs on wall time).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_sync
+import trio
+from websockets.exceptions import ConnectionClosed
+
+from tests.node import running_node
+from tests.security_e2e.client import TIMEOUT, Phx, in_thread
+from tests.security_e2e.conftest import start_control
+from tests.services import RedisServer
+
+pytestmark = pytest.mark.integration
+
+PUSHES_PER_SOCKET = 75
+
+
+def burst(phx: Phx, conversation_id: str) -> tuple[int, int, int | None]:
+    """Push `PUSHES_PER_SOCKET` messages without waiting, then read every reply (or the close).
+    Returns (ok, refused, close code)."""
+    topic = f"conversation:{conversation_id}"
+    refs = {
+        phx.push(topic, "send_message", {"client_message_id": f"{phx.source}-{i}", "content": f"b{i}"})
+        for i in range(PUSHES_PER_SOCKET)
+    }
+    replies: dict[str, dict[str, Any]] = {}
+    try:
+        while len(replies) < len(refs):
+            frame = phx.wait_for(lambda f: f[3] == "phx_reply" and f[1] in refs, TIMEOUT)
+            replies[frame[1]] = frame[4]
+    except ConnectionClosed:
+        pass
+    ok = sum(1 for r in replies.values() if r["status"] == "ok")
+    return ok, len(replies) - ok, phx.close_code
+
+
+async def test_two_nodes_share_one_message_budget(tmp_path: Path, fresh_redis: RedisServer) -> None:
+    store_url = f"sqlite:///{tmp_path / 'shared.db'}"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    common = {"redis_url": fresh_redis.url, "store_url": store_url}
+    async with (
+        running_node(tmp_path / "a", node_id="n1", **common) as a,
+        running_node(tmp_path / "b", node_id="n2", **common) as b,
+    ):
+        control = await start_control(a)
+        await a.add_user("alice")
+        await a.add_user("bob")
+        assert a.node.store is not None
+        conversation_id = await a.node.store.create_conversation(["alice", "bob"])
+        on_a = await in_thread(Phx.connect, a.port, a.token("alice", "d1"), source="127.0.0.50")
+        on_b = await in_thread(Phx.connect, b.port, b.token("alice", "d2"), source="127.0.0.51")
+        for phx in (on_a, on_b):
+            assert (await in_thread(phx.join, f"conversation:{conversation_id}"))["status"] == "ok"
+
+        started = time.time()
+        results: list[tuple[int, int, int | None]] = []
+
+        async def run(phx: Phx) -> None:
+            results.append(await in_thread(burst, phx, conversation_id))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, on_a)
+            nursery.start_soon(run, on_b)
+        elapsed = time.time() - started
+        accepted = sum(ok for ok, _, _ in results)
+        refill = math.ceil(elapsed / 0.6)
+        assert accepted <= 100 + refill, (results, elapsed)
+        assert accepted >= 100  # the budget itself is usable
+
+        client = redis_sync.Redis.from_url(fresh_redis.url)
+        try:
+            keys = list(client.scan_iter("whispr:*"))
+            assert keys, "the shared limiter wrote nothing to Redis"
+            assert all(client.pttl(key) > 0 for key in keys)  # every key has a TTL
+        finally:
+            client.close()
+        for phx in (on_a, on_b):
+            if phx.is_open():
+                await in_thread(phx.close)
+        await in_thread(control.check)
+        await in_thread(control.close)
