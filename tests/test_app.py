@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -95,3 +96,56 @@ def test_whispr_serve_runs_and_stops_in_order_on_sigterm(tmp_path: Path) -> None
     assert "tree 'root' stopped" in log
     started = [line.split("child '")[1].split("'")[0] for line in log.splitlines() if "started node=" in line]
     assert started == ["store", "pubsub", "presence", "delivery", "offline", "security", "loop_lag", "endpoint"]
+
+
+def _api(base: str, method: str, path: str, body: object = None, key: str | None = "test-api-key") -> tuple[int, Any]:
+    request = urllib.request.Request(
+        base + path, method=method, data=None if body is None else json.dumps(body).encode()
+    )
+    request.add_header("Content-Type", "application/json")
+    if key is not None:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        is_json = exc.headers.get("Content-Type", "").startswith("application/json")
+        return exc.code, json.loads(raw) if is_json else raw
+
+
+async def test_service_api_is_served_under_api_v1_with_the_api_key(tmp_path: Path) -> None:
+    async with running_node(tmp_path) as running:
+        base = running.http_url
+
+        def calls() -> list[tuple[int, Any]]:
+            created = _api(base, "POST", "/api/v1/conversations", {"members": ["alice", "bob"]})
+            conversation = created[1]["id"]
+            message = {"sender_id": "alice", "client_message_id": "c1", "content": "hello"}
+            return [
+                _api(base, "POST", "/api/v1/conversations", {"members": ["a"]}, key=None),
+                _api(base, "POST", "/api/v1/conversations", {"members": ["a"]}, key="wrong"),
+                created,
+                _api(base, "POST", f"/api/v1/conversations/{conversation}/messages", message),
+                _api(base, "POST", f"/api/v1/conversations/{conversation}/messages", message),
+                _api(base, "GET", "/api/v1/connections"),
+            ]
+
+        unauthenticated, wrong_key, created, posted, again, connections = await trio.to_thread.run_sync(calls)
+    assert unauthenticated == (401, {"error": "unauthorized"})
+    assert wrong_key == (401, {"error": "unauthorized"})
+    assert created[0] == 201
+    assert posted[0] == 201
+    assert posted[1]["seq"] == 1
+    assert posted[1]["duplicate"] is False
+    assert again == (200, {**posted[1], "duplicate": True})
+    assert connections == (200, {"connections": []})
+
+
+async def test_without_an_api_key_there_is_no_service_api(tmp_path: Path) -> None:
+    async with running_node(tmp_path, api_key="") as running:
+        status, _ = await trio.to_thread.run_sync(
+            lambda: _api(running.http_url, "POST", "/api/v1/conversations", {"members": ["a"]})
+        )
+    assert status == 404

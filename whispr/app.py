@@ -36,11 +36,13 @@ from whispr.adapters.aio import open_bridge
 from whispr.adapters.redis_client import open_redis
 from whispr.adapters.redis_limits import RedisLimiter
 from whispr.api.routes import http_routes
+from whispr.api.service import ServiceApi
 from whispr.channels.user import make_router
 from whispr.config import Settings
 from whispr.delivery.deps import Deps, Guard
 from whispr.delivery.store import MessageStore, StoreUnavailable
 from whispr.gateway.endpoint import Endpoint, EndpointConfig
+from whispr.gateway.http import HttpHandler, HttpRequest, HttpResponse
 from whispr.gateway.socket import PhoenixSocket
 from whispr.gateway.socket_connect import Admitted, Authenticate, make_connect
 from whispr.gateway.transport import Refuse, UpgradeRequest
@@ -57,7 +59,7 @@ from whispr.security.abuse import AbuseDetector
 from whispr.security.audit import AuditLog
 from whispr.security.client_ip import ClientIpResolver
 from whispr.security.expiry import CLOSE_TOKEN_EXPIRED, ExpiryWatch
-from whispr.security.gatekeeper import Admission, Gatekeeper, SocketGuard
+from whispr.security.gatekeeper import Admission, DirectoryUnavailable, Gatekeeper, SocketGuard
 from whispr.security.limits import FallbackLimiter, Limiter, LimitsConfig, LocalLimiter, Rate
 from whispr.security.origin import OriginPolicy
 from whispr.security.tokens import TokenConfig, TokenVerifier, mint_token
@@ -179,6 +181,14 @@ async def _security_child(node: Node, *, task_status: trio.TaskStatus[Gatekeeper
             limiter = FallbackLimiter(RedisLimiter(client), limiter)
         audit = AuditLog()
         settings = node.settings
+        store = _needs(node.store, "store")
+
+        async def user_active(user_id: str) -> bool:
+            try:
+                return bool(await store.user_active(user_id))
+            except StoreUnavailable as exc:
+                raise DirectoryUnavailable(str(exc)) from exc
+
         node.gatekeeper = Gatekeeper(
             verifier=TokenVerifier(token_config(settings)),
             origins=OriginPolicy(settings.allowed_origins, dev=settings.dev),
@@ -187,6 +197,7 @@ async def _security_child(node: Node, *, task_status: trio.TaskStatus[Gatekeeper
             detector=AbuseDetector(limiter, audit),
             audit=audit,
             limits=limits_config(settings),
+            users=user_active,
         )
         node.expiry = ExpiryWatch()
         async with trio.open_nursery() as nursery:
@@ -230,24 +241,15 @@ class _Registration:
 
 
 def authenticator(node: Node) -> Authenticate:
-    """The `authenticate` hook of `make_connect`: the gatekeeper, then the user directory (contract.md §1)."""
+    """The `authenticate` hook of `make_connect`: the gatekeeper admits (contract.md §1), the node registers."""
     gatekeeper = _needs(node.gatekeeper, "security")
-    store = _needs(node.store, "store")
 
     async def authenticate(token: str | None, request: UpgradeRequest) -> Admitted | Refuse:
         admission = await gatekeeper.admit(request, token)
         if isinstance(admission, Refuse):
             return admission
-        verified = admission.token
-        try:
-            active = await store.user_active(verified.user_id)
-        except StoreUnavailable:
-            admission.release()
-            return Refuse(503, "store unavailable", (("Retry-After", "5"),))
-        if not active:
-            admission.release()
-            return Refuse(403, "inactive user")
         registration = _Registration(node, admission, gatekeeper.guard(admission))
+        verified = admission.token
         identity = Identity(verified.user_id, verified.device_id, verified.device_type)
         return Admitted(identity, opened=registration.opened, closed=registration.closed)
 
@@ -267,11 +269,32 @@ async def _endpoint_child(node: Node, *, task_status: trio.TaskStatus[tuple[str,
         return await trio.to_thread.run_sync(node.metrics.render)
 
     node.endpoint = Endpoint(
-        endpoint_config(node.settings), connect, http_routes=http_routes(ready=is_ready, metrics=metrics)
+        endpoint_config(node.settings),
+        connect,
+        http_routes=http_routes(ready=is_ready, metrics=metrics),
+        http_prefix_routes=service_routes(node),
     )
     async with trio.open_nursery() as nursery:
         node.address = await nursery.start(node.endpoint.serve)
         task_status.started(node.address)
+
+
+def service_routes(node: Node) -> dict[str, HttpHandler]:
+    """`/api/v1/` (contract.md §7), served only when an API key is configured."""
+    if not node.settings.api_key:
+        return {}
+    api = ServiceApi(
+        _needs(node.deps, "delivery"),
+        _needs(node.pubsub, "pubsub"),
+        [node.settings.api_key],
+        max_content_bytes=node.settings.max_content_bytes,
+    )
+
+    async def handle(request: HttpRequest) -> HttpResponse:
+        status, headers, body = await api.handle(request.method, request.path, request.headers, request.body)
+        return HttpResponse(status, tuple(headers), body)
+
+    return {"/api/v1/": handle}
 
 
 def _needs(value: Any, name: str) -> Any:
