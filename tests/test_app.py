@@ -34,10 +34,14 @@ async def _get(url: str) -> tuple[int, bytes]:
 
 async def test_probes_and_metrics_answer_on_the_socket_port(tmp_path: Path) -> None:
     async with running_node(tmp_path) as running:
-        status, body = await _get(running.http_url + "/health")
-        assert status == 200
+        assert await _get(running.http_url + "/health") == (200, b'{"status":"ok"}')
         status, body = await _get(running.http_url + "/ready")
         assert status == 200
+        assert json.loads(body) == {
+            "status": "ready",
+            "draining": False,
+            "checks": {"store": {"ok": True, "detail": ""}, "endpoint": {"ok": True, "detail": ""}},
+        }
         status, body = await _get(running.http_url + "/metrics")
         assert status == 200
         assert b'whispr_connections_active{node="n1"}' in body

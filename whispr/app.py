@@ -262,16 +262,13 @@ async def _endpoint_child(node: Node, *, task_status: trio.TaskStatus[tuple[str,
     connect = make_connect(make_router(deps), pubsub, authenticator(node))
     ready = readiness(node)
 
-    async def is_ready() -> bool:
-        return (await ready.evaluate()).ready
-
     async def metrics() -> tuple[bytes, str]:
         return await trio.to_thread.run_sync(node.metrics.render)
 
     node.endpoint = Endpoint(
         endpoint_config(node.settings),
         connect,
-        http_routes=http_routes(ready=is_ready, metrics=metrics),
+        http_routes=http_routes(ready=ready.ready, metrics=metrics),
         http_prefix_routes=service_routes(node),
     )
     async with trio.open_nursery() as nursery:

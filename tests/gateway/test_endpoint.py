@@ -22,8 +22,8 @@ from .helpers import Echo, RawClient, accept_echo, http_exchange, running_endpoi
 pytestmark = pytest.mark.integration
 
 
-async def _not_ready() -> bool:
-    return False
+async def _not_ready() -> tuple[int, bytes]:
+    return 503, b'{"status":"unready"}'
 
 
 async def _metrics() -> tuple[bytes, str]:
@@ -40,11 +40,11 @@ async def test_plain_routes() -> None:
     async with running_endpoint(http_routes=routes) as (_, port):
         assert await http_exchange(port, _get("/health")) == (
             200,
-            {"content-type": "text/plain; charset=utf-8", "content-length": "3", "connection": "close"},
-            b"ok\n",
+            {"content-type": "application/json", "content-length": "15", "connection": "close"},
+            b'{"status":"ok"}',
         )
-        status, _, body = await http_exchange(port, _get("/ready"))
-        assert (status, body) == (503, b"not ready\n")
+        status, headers, body = await http_exchange(port, _get("/ready"))
+        assert (status, headers["content-type"], body) == (503, "application/json", b'{"status":"unready"}')
         status, headers, body = await http_exchange(port, _get("/metrics"))
         assert (status, headers["content-type"], body) == (200, "text/plain; version=0.0.4", b"whispr_up 1\n")
 
