@@ -2,7 +2,10 @@
 
 Root tree, `rest_for_one` (a dependency's restart restarts everything that depends on it):
 
-    store → pubsub → presence → delivery → offline → security → loop_lag → endpoint
+    store → pubsub → presence → cluster → delivery → offline → security → loop_lag → endpoint
+
+`cluster` (membership gossiped through a Redis Stream) runs only when `redis_url` is set; the
+embedded default is one node.
 
 Each child registers what it serves on the `Node` before `task_status.started()`, and later
 children read it when they (re)start, so a restarted store is picked up by the pub/sub, presence
@@ -38,6 +41,7 @@ from whispr.adapters.redis_limits import RedisLimiter
 from whispr.api.routes import http_routes
 from whispr.api.service import ServiceApi
 from whispr.channels.user import make_router
+from whispr.cluster import ClusterManager
 from whispr.config import Settings
 from whispr.delivery.deps import Deps, Guard
 from whispr.delivery.store import MessageStore, StoreUnavailable
@@ -47,7 +51,7 @@ from whispr.gateway.socket import PhoenixSocket
 from whispr.gateway.socket_connect import Admitted, Authenticate, make_connect
 from whispr.gateway.transport import Refuse, UpgradeRequest
 from whispr.gateway.websocket import WebSocketLimits
-from whispr.observability.health import CheckResult, Readiness
+from whispr.observability.health import Check, CheckResult, Readiness
 from whispr.observability.logs import attach_telemetry_logging, configure_logging
 from whispr.observability.loop_lag import measure_loop_lag
 from whispr.observability.metrics import Metrics
@@ -83,6 +87,7 @@ class Node:
     store: MessageStore | None = None
     pubsub: PubSub | None = None
     presence: PresenceTracker | None = None
+    cluster: ClusterManager | None = None
     deps: Deps | None = None
     gatekeeper: Gatekeeper | None = None
     expiry: ExpiryWatch | None = None
@@ -152,6 +157,12 @@ async def _offline_child(node: Node, *, task_status: trio.TaskStatus[None]) -> N
             continue
         if purged:
             _log.info("offline purge removed %d expired inbox entries", purged)
+
+
+async def _cluster_child(node: Node, *, task_status: trio.TaskStatus[ClusterManager]) -> None:
+    """Node membership over Redis Streams (`whispr.cluster`); its health is a readiness check."""
+    node.cluster = ClusterManager(node.settings.redis_url, node.settings.node_id)
+    await node.cluster.run(task_status=task_status)
 
 
 async def _delivery_child(node: Node, *, task_status: trio.TaskStatus[Deps]) -> None:
@@ -307,6 +318,7 @@ def build_tree(node: Node) -> supervisors.Supervisor:
         spec("store", _store_child, (node,), shutdown=10.0),
         spec("pubsub", _pubsub_child, (node,)),
         spec("presence", _presence_child, (node,)),
+        *([spec("cluster", _cluster_child, (node,))] if node.settings.redis_url else []),
         spec("delivery", _delivery_child, (node,)),
         spec("offline", _offline_child, (node,)),
         spec("security", _security_child, (node,)),
@@ -319,7 +331,8 @@ def build_tree(node: Node) -> supervisors.Supervisor:
 
 
 def readiness(node: Node) -> Readiness:
-    """`/ready`: the store answers, the endpoint listens, and the node is not draining."""
+    """`/ready`: the store answers, the endpoint listens, the cluster membership (with Redis) is
+    reachable, and the node is not draining."""
 
     async def store_ok() -> CheckResult:
         if node.store is None:
@@ -333,7 +346,14 @@ def readiness(node: Node) -> Readiness:
     async def listening() -> CheckResult:
         return CheckResult(node.address is not None, "" if node.address else "not listening")
 
-    return Readiness({"store": store_ok, "endpoint": listening}, on_report=node.metrics.observe_readiness)
+    async def cluster_ok() -> CheckResult:
+        healthy = node.cluster is not None and node.cluster.healthy
+        return CheckResult(healthy, "" if healthy else "membership stream unreachable")
+
+    checks: dict[str, Check] = {"store": store_ok, "endpoint": listening}
+    if node.settings.redis_url:
+        checks["cluster"] = cluster_ok
+    return Readiness(checks, on_report=node.metrics.observe_readiness)
 
 
 def limits_config(settings: Settings) -> LimitsConfig:
@@ -369,6 +389,8 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
 
     Must run inside `open_bridge()`. Reports the node through `task_status` once it listens.
     """
+    if not node.settings.store_url:  # the default SQLite store lives in the data dir
+        node.settings.data_dir.mkdir(parents=True, exist_ok=True)
     root = build_tree(node)
     async with trio.open_nursery() as nursery:
         await nursery.start(supervisors.run_tree, root, node.settings.shutdown_grace)
