@@ -57,6 +57,14 @@ Invariants
 * A live gate's position is at least the feed's head when it goes live.
 * `Feed.pending` holds entries with seq > head + 1, at most `MAX_PENDING`.
 
+Across nodes (`whispr.pubsub.cluster`): an `Outbound` set with `set_outbound` is told of every commit
+published here (`committed`: the conversation entry with its seq, and the members' `user:` topics to
+poke) and of every revocation; what other nodes publish comes back as `remote_entry` (a
+conversation entry, offered like a local one: a jump is filled from the store) and `resync` (pull
+the named feeds, or all of them, from the store after their head: a `user:` poke, a resubscribe, a
+lost heartbeat). Both only queue work for `run`; a lost or late remote notice costs a store read,
+never an entry.
+
 WARNING: the live path pushes one frame per device (`ChannelSocket.push`): the payload is built
 once per stream, but encoded once per device, because a channel cannot reach its connection's
 serializer and transport. Encode-once needs a `ChannelSocket` hook that writes a pre-encoded
@@ -67,9 +75,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -244,6 +252,26 @@ class _Committed:
     committed_at: float  # ... and when the store's commit returned
 
 
+@dataclass(frozen=True, slots=True)
+class _RemoteEntry:
+    topic: str
+    seq: int
+    payload: dict[str, Any]
+
+
+class Outbound(Protocol):
+    """Where the node's commits and revocations go to reach the other nodes (the cluster bridge)."""
+
+    def committed(self, topic: str, seq: int, payload: dict[str, Any], pokes: tuple[str, ...]) -> None:
+        """Entry `seq` of `topic` (a conversation) was committed; the `pokes` topics (its members'
+        `user:` topics) have new inbox entries. Synchronous, never blocks."""
+        ...
+
+    def revoked(self, conversation_id: str, user_id: str) -> None:
+        """The user's membership of the conversation was revoked. Synchronous, never blocks."""
+        ...
+
+
 class LiveDelivery:
     """The node's feeds and the task that feeds them. Create one per node; run `run` in the tree."""
 
@@ -254,7 +282,12 @@ class LiveDelivery:
         self._feeds: dict[str, Feed] = {}
         # Work for `run`: commits to publish and feeds to pull. Unbounded: one item per commit,
         # each of which already waited for a store write; `run` drains it batch by batch.
-        self._send, self._receive = trio.open_memory_channel[_Committed | Feed](math.inf)
+        self._send, self._receive = trio.open_memory_channel[_Committed | _RemoteEntry | Feed](math.inf)
+        self._outbound: Outbound | None = None
+
+    def set_outbound(self, outbound: Outbound | None) -> None:
+        """Tell `outbound` of every commit and revocation from now on (None: this node only)."""
+        self._outbound = outbound
 
     def attach(self, topic: str, gate: Gate, read: Reader) -> Feed:
         """Attach a replaying gate to the topic's feed (created with `read` if new)."""
@@ -273,7 +306,14 @@ class LiveDelivery:
                 del self._feeds[topic]
 
     def revoke(self, conversation_id: str, user_id: str) -> None:
-        """Stop live delivery on `conversation:<id>` to the user's devices (membership revoked)."""
+        """Stop live delivery on `conversation:<id>` to the user's devices (membership revoked), on
+        every node."""
+        self.revoke_local(conversation_id, user_id)
+        if self._outbound is not None:
+            self._outbound.revoked(conversation_id, user_id)
+
+    def revoke_local(self, conversation_id: str, user_id: str) -> None:
+        """`revoke` on this node only (what the bridge does with a remote revocation)."""
         feed = self._feeds.get(conversation_topic(conversation_id))
         if feed is not None:
             for gate in feed.gates:
@@ -288,6 +328,30 @@ class LiveDelivery:
         blocks: the work is done by `run`, after the caller's current step.
         """
         self._send.send_nowait(_Committed(message, members, accepted_at, committed_at))
+        if self._outbound is not None:
+            self._outbound.committed(
+                conversation_topic(message.conversation_id),
+                message.seq,
+                message.payload(),
+                tuple(user_topic(member) for member in members),
+            )
+
+    def remote_entry(self, topic: str, seq: int, payload: dict[str, Any]) -> None:
+        """Entry `seq` of `topic` was committed on another node: offer it to the topic's feed, if
+        any, as `published` does (a jump is filled from the store). Synchronous, never blocks."""
+        if topic in self._feeds:
+            self._send.send_nowait(_RemoteEntry(topic, seq, payload))
+
+    def resync(self, topics: Iterable[str] | None = None) -> int:
+        """Pull the feeds of `topics` (None: every feed) from the store after their head, in `run`;
+        return how many feeds were queued. Synchronous, never blocks."""
+        feeds = list(self._feeds.values()) if topics is None else [self._feeds.get(topic) for topic in topics]
+        queued = 0
+        for feed in feeds:
+            if feed is not None:
+                self._send.send_nowait(feed)
+                queued += 1
+        return queued
 
     async def catch_up(self, feed: Feed, gate: Gate, first: Page) -> int:
         """Replay `first` and the pages after it to the gate, then make it live; return how many
@@ -342,6 +406,12 @@ class LiveDelivery:
             for work in batch:
                 if isinstance(work, Feed):
                     to_pull[work] = None
+                    continue
+                if isinstance(work, _RemoteEntry):
+                    remote = self._feeds.get(work.topic)
+                    if remote is not None:
+                        remote.offer(work.seq, work.payload)
+                        offered[remote] = None
                     continue
                 message = work.message
                 feed = self._feeds.get(conversation_topic(message.conversation_id))

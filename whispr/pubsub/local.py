@@ -9,10 +9,16 @@ ref null (protocol.md §0 rule 4).
 
 Subscriptions are per (topic, subscriber); one subscriber is one connection, which has at most
 one channel per topic. Single-threaded, Trio-task-safe by construction: nothing here awaits.
+
+Cross-node (`whispr.pubsub.cluster`): a `Remote` set with `set_remote` is told when a topic gets its
+first local subscriber and loses its last (`interest`), and gets every `broadcast` (`forward`)
+before the local fan-out; what arrives from other nodes is fanned out with `broadcast_local`, which
+does not forward again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 from whispr.gateway.frames import binary_frame, text_frame
@@ -44,21 +50,48 @@ class Subscriber(Protocol):
         ...
 
 
+class Remote(Protocol):
+    """The cross-node bridge, as the registry sees it (`whispr.pubsub.cluster.ClusterBridge`)."""
+
+    def interest(self, topic: str, subscribed: bool) -> None:
+        """`topic` got its first local subscriber (True) or lost its last (False). Never blocks."""
+        ...
+
+    def forward(self, topic: str, event: str, payload: Payload, droppable: bool) -> None:
+        """Send a local broadcast to the other nodes. Never blocks.
+
+        Raises:
+            TypeError, ValueError: the payload cannot be encoded.
+        """
+        ...
+
+
 class PubSub:
     """Topic → subscribers, for one node."""
 
-    __slots__ = ("_topics",)
+    __slots__ = ("_remote", "_topics")
 
     def __init__(self) -> None:
         # topic -> subscribers in subscription order (a dict used as an ordered set);
         # a topic with no subscriber is removed, so len(_topics) is the number of live topics.
         self._topics: dict[str, dict[Subscriber, None]] = {}
+        self._remote: Remote | None = None
+
+    def set_remote(self, remote: Remote | None) -> None:
+        """Bridge broadcasts to other nodes through `remote` from now on (None: this node only)."""
+        self._remote = remote
+
+    def topics(self) -> Iterator[str]:
+        """The topics with at least one local subscriber."""
+        return iter(list(self._topics))
 
     def subscribe(self, topic: str, subscriber: Subscriber) -> None:
         """Deliver broadcasts on `topic` to `subscriber` from now on. Idempotent."""
         subscribers = self._topics.get(topic)
         if subscribers is None:
             self._topics[topic] = {subscriber: None}
+            if self._remote is not None:
+                self._remote.interest(topic, True)
         else:
             subscribers[subscriber] = None
 
@@ -69,6 +102,8 @@ class PubSub:
             subscribers.pop(subscriber, None)
             if not subscribers:
                 del self._topics[topic]
+                if self._remote is not None:
+                    self._remote.interest(topic, False)
 
     def subscriber_count(self, topic: str) -> int:
         """How many subscribers `topic` has on this node."""
@@ -83,10 +118,30 @@ class PubSub:
         exclude: Subscriber | None = None,
         droppable: bool = False,
     ) -> int:
-        """Send `event` to every subscriber of `topic` except `exclude`; return how many got it.
+        """Send `event` to every subscriber of `topic` except `exclude`, and to the other nodes;
+        return how many local subscribers got it.
 
         Synchronous and never blocks: each subscriber's transport queues the frame (and a full
-        outbox drops `droppable` frames first, then closes that one connection).
+        outbox drops `droppable` frames first, then closes that one connection); the bridge, if
+        any, queues it for the next publication batch.
+
+        Raises:
+            TypeError, ValueError: the payload cannot be encoded; nothing was sent.
+        """
+        if self._remote is not None:
+            self._remote.forward(topic, event, payload, droppable)
+        return self.broadcast_local(topic, event, payload, exclude=exclude, droppable=droppable)
+
+    def broadcast_local(
+        self,
+        topic: str,
+        event: str,
+        payload: Payload,
+        *,
+        exclude: Subscriber | None = None,
+        droppable: bool = False,
+    ) -> int:
+        """`broadcast` to this node's subscribers only (what the bridge does with a remote broadcast).
 
         Raises:
             TypeError, ValueError: the payload cannot be encoded; nothing was sent.
