@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from websockets.sync.client import connect
 
 from tests.node import running_node
-from tests.services import RedisServer
+from tests.services import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -38,3 +39,50 @@ async def test_two_nodes_see_each_other_through_redis(tmp_path: Path, redis: Red
 async def test_embedded_node_has_no_cluster(tmp_path: Path) -> None:
     async with running_node(tmp_path) as running:
         assert running.node.cluster is None
+
+
+async def test_a_message_posted_on_one_node_reaches_a_device_on_the_other(
+    tmp_path: Path, redis: RedisServer, postgres: PostgresServer
+) -> None:
+    store_url = f"postgresql://postgres@127.0.0.1:{postgres.port}/whispr"
+    async with (
+        running_node(tmp_path / "a", redis_url=redis.url, store_url=store_url, node_id="node-a") as a,
+        running_node(tmp_path / "b", redis_url=redis.url, store_url=store_url, node_id="node-b") as b,
+    ):
+        assert a.node.store is not None
+        await a.add_user("alice")
+        await a.add_user("bob")
+        conversation = await a.node.store.create_conversation(["alice", "bob"])
+        url = f"ws://127.0.0.1:{b.port}/socket/websocket?vsn=2.0.0&token={b.token('bob', 'phone')}"
+        joined = trio.Event()
+        received: list[object] = []
+
+        def bob_on_node_b(token: trio.lowlevel.TrioToken) -> None:
+            with connect(url, open_timeout=10) as ws:
+                ws.send(json.dumps(["1", "1", "user:bob", "phx_join", {}]))
+                while json.loads(ws.recv(timeout=10))[3] != "phx_reply":
+                    pass
+                trio.from_thread.run_sync(joined.set, trio_token=token)
+                while True:
+                    frame = json.loads(ws.recv(timeout=20))
+                    if frame[3] == "new_message":
+                        received.append(frame)
+                        return
+
+        def post_on_node_a() -> int:
+            body = json.dumps({"sender_id": "alice", "client_message_id": "x1", "content": "across"}).encode()
+            request = urllib.request.Request(
+                f"{a.http_url}/api/v1/conversations/{conversation}/messages", data=body, method="POST"
+            )
+            request.add_header("Authorization", "Bearer test-api-key")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, bob_on_node_b, trio.lowlevel.current_trio_token())
+            with trio.fail_after(20):
+                await joined.wait()
+            assert await trio.to_thread.run_sync(post_on_node_a) == 201
+    (frame,) = received
+    assert frame[4]["content"] == "across"
+    assert frame[4]["sender_id"] == "alice"

@@ -2,10 +2,10 @@
 
 Root tree, `rest_for_one` (a dependency's restart restarts everything that depends on it):
 
-    store → pubsub → presence → cluster → delivery → offline → security → loop_lag → endpoint
+    store → pubsub → bridge → presence → cluster → delivery → offline → security → loop_lag → endpoint
 
-`cluster` (membership gossiped through a Redis Stream) runs only when `redis_url` is set; the
-embedded default is one node.
+`bridge` (cross-node pub/sub) and `cluster` (membership gossiped through a Redis Stream) run only
+when `redis_url` is set; the embedded default is one node.
 
 Each child registers what it serves on the `Node` before `task_status.started()`, and later
 children read it when they (re)start, so a restarted store is picked up by the pub/sub, presence
@@ -38,6 +38,7 @@ from whispr.adapters import open_store
 from whispr.adapters.aio import open_bridge
 from whispr.adapters.redis_client import open_redis
 from whispr.adapters.redis_limits import RedisLimiter
+from whispr.adapters.redis_pubsub import open_redis_bus
 from whispr.api.routes import http_routes
 from whispr.api.service import ServiceApi
 from whispr.channels.user import make_router
@@ -58,6 +59,7 @@ from whispr.observability.metrics import Metrics
 from whispr.observability.supervision import report_to_telemetry
 from whispr.presence import PresenceTracker
 from whispr.protocol import Identity
+from whispr.pubsub.cluster import ClusterBridge
 from whispr.pubsub.local import PubSub
 from whispr.security.abuse import AbuseDetector
 from whispr.security.audit import AuditLog
@@ -87,6 +89,7 @@ class Node:
     store: MessageStore | None = None
     pubsub: PubSub | None = None
     presence: PresenceTracker | None = None
+    bridge: ClusterBridge | None = None
     cluster: ClusterManager | None = None
     deps: Deps | None = None
     gatekeeper: Gatekeeper | None = None
@@ -132,6 +135,14 @@ async def _pubsub_child(node: Node, *, task_status: trio.TaskStatus[PubSub]) -> 
     await trio.sleep_forever()
 
 
+async def _bridge_child(node: Node, *, task_status: trio.TaskStatus[ClusterBridge]) -> None:
+    """Broadcasts and commits to and from the other nodes through Redis (`whispr.pubsub.cluster`)."""
+    pubsub = _needs(node.pubsub, "pubsub")
+    async with open_redis_bus(node.settings.redis_url) as bus:
+        node.bridge = ClusterBridge(pubsub, bus, node_id=node.settings.node_id)
+        await node.bridge.run(task_status=task_status)
+
+
 async def _presence_child(node: Node, *, task_status: trio.TaskStatus[PresenceTracker]) -> None:
     pubsub = _needs(node.pubsub, "pubsub")
 
@@ -174,6 +185,8 @@ async def _delivery_child(node: Node, *, task_status: trio.TaskStatus[Deps]) -> 
         return node.guards[identity.socket_id]
 
     node.deps = Deps.build(store, presence, guard)
+    if node.bridge is not None:
+        node.bridge.attach_live(node.deps.live)  # commits reach, and come from, the other nodes
     async with trio.open_nursery() as nursery:
         await nursery.start(node.deps.live.run)
         task_status.started(node.deps)
@@ -317,6 +330,7 @@ def build_tree(node: Node) -> supervisors.Supervisor:
     children = [
         spec("store", _store_child, (node,), shutdown=10.0),
         spec("pubsub", _pubsub_child, (node,)),
+        *([spec("bridge", _bridge_child, (node,))] if node.settings.redis_url else []),
         spec("presence", _presence_child, (node,)),
         *([spec("cluster", _cluster_child, (node,))] if node.settings.redis_url else []),
         spec("delivery", _delivery_child, (node,)),
