@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.node import running_node
+from tests.node import RunningNode, running_node
 from tests.services import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.integration
@@ -86,3 +87,67 @@ async def test_a_message_posted_on_one_node_reaches_a_device_on_the_other(
     (frame,) = received
     assert frame[4]["content"] == "across"
     assert frame[4]["sender_id"] == "alice"
+
+
+async def test_a_disconnect_and_a_device_reconnecting_elsewhere_reach_every_node(
+    tmp_path: Path, redis: RedisServer, postgres: PostgresServer
+) -> None:
+    store_url = f"postgresql://postgres@127.0.0.1:{postgres.port}/whispr"
+    async with (
+        running_node(tmp_path / "a", redis_url=redis.url, store_url=store_url, node_id="node-a") as a,
+        running_node(tmp_path / "b", redis_url=redis.url, store_url=store_url, node_id="node-b") as b,
+    ):
+        await a.add_user("bob")
+        token = trio.lowlevel.current_trio_token()
+        codes: dict[str, int | None] = {}
+
+        def device(node: RunningNode, name: str, joined: trio.Event) -> int | None:
+            """Connect, join user:bob (the node has registered the socket by the reply), wait for the close."""
+            url = f"ws://127.0.0.1:{node.port}/socket/websocket?vsn=2.0.0&token={node.token('bob', name)}"
+            with connect(url, open_timeout=10) as ws:
+                ws.send(json.dumps(["1", "1", "user:bob", "phx_join", {}]))
+                while json.loads(ws.recv(timeout=10))[3] != "phx_reply":
+                    pass
+                trio.from_thread.run_sync(joined.set, trio_token=token)
+                try:
+                    while True:
+                        ws.recv(timeout=20)
+                except ConnectionClosed as exc:
+                    return exc.rcvd.code if exc.rcvd else None
+
+        async def run_device(label: str, node: RunningNode, name: str, joined: trio.Event, done: trio.Event) -> None:
+            codes[label] = await trio.to_thread.run_sync(device, node, name, joined)
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            # A kick through node A's service API closes bob's laptop on node B.
+            joined, laptop_closed = trio.Event(), trio.Event()
+            nursery.start_soon(run_device, "laptop on b", b, "laptop", joined, laptop_closed)
+            with trio.fail_after(10):
+                await joined.wait()
+            assert await trio.to_thread.run_sync(api_post, a.http_url + "/api/v1/users/bob/disconnect") == 200
+            with trio.fail_after(10):
+                await laptop_closed.wait()
+            # The phone connects on A, then again on B: the older socket, on A, is replaced.
+            joined, phone_a_closed = trio.Event(), trio.Event()
+            nursery.start_soon(run_device, "phone on a", a, "phone", joined, phone_a_closed)
+            with trio.fail_after(10):
+                await joined.wait()
+            joined = trio.Event()
+            nursery.start_soon(run_device, "phone on b", b, "phone", joined, trio.Event())
+            with trio.fail_after(10):
+                await joined.wait()
+                await phone_a_closed.wait()
+            # Device-level kick, also through node A: the last socket (on B) goes too.
+            assert (
+                await trio.to_thread.run_sync(api_post, a.http_url + "/api/v1/users/bob/devices/phone/disconnect")
+                == 200
+            )
+    assert codes == {"laptop on b": 1001, "phone on a": 1001, "phone on b": 1001}
+
+
+def api_post(url: str) -> int:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    request.add_header("Authorization", "Bearer test-api-key")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status

@@ -187,6 +187,7 @@ async def _delivery_child(node: Node, *, task_status: trio.TaskStatus[Deps]) -> 
     node.deps = Deps.build(store, presence, guard)
     if node.bridge is not None:
         node.bridge.attach_live(node.deps.live)  # commits reach, and come from, the other nodes
+        node.bridge.attach_connections(node.deps.connections)  # so do disconnects
     async with trio.open_nursery() as nursery:
         await nursery.start(node.deps.live.run)
         task_status.started(node.deps)

@@ -44,22 +44,39 @@ class Connection(Protocol):
         ...
 
 
-class ConnectionRegistry:
-    """Socket id -> connection, for one node."""
+class Revocations(Protocol):
+    """Where this node's disconnects go to reach every other node (the cluster bridge)."""
 
-    __slots__ = ("_by_id",)
+    def disconnect(self, user_id: str, device_id: str | None) -> None:
+        """Ask the other nodes to disconnect the user's sockets (all when `device_id` is None).
+        Synchronous, never blocks."""
+        ...
+
+
+class ConnectionRegistry:
+    """Socket id -> connection, for one node; with `set_remote`, disconnects reach every node."""
+
+    __slots__ = ("_by_id", "_remote")
 
     def __init__(self) -> None:
         # socket id -> the newest connection of that device
         self._by_id: dict[str, Connection] = {}
+        self._remote: Revocations | None = None
+
+    def set_remote(self, remote: Revocations | None) -> None:
+        """Fan every disconnect, and every new socket's replacement of its device, out to `remote`."""
+        self._remote = remote
 
     def add(self, connection: Connection) -> None:
-        """Register a new socket; an older socket of the same device is disconnected (1001)."""
-        socket_id = connection.identity.socket_id
-        old = self._by_id.get(socket_id)
-        self._by_id[socket_id] = connection
+        """Register a new socket; an older socket of the same device, on this node or any other,
+        is disconnected (1001; contract §1 "a second socket of the same device replaces the first")."""
+        identity = connection.identity
+        old = self._by_id.get(identity.socket_id)
+        self._by_id[identity.socket_id] = connection
         if old is not None and old is not connection:
             old.disconnect()
+        if self._remote is not None:
+            self._remote.disconnect(identity.user_id, identity.device_id)
 
     def remove(self, connection: Connection) -> None:
         """Forget a closed socket (not its replacement). Idempotent."""
@@ -71,19 +88,28 @@ class ConnectionRegistry:
         return len(self._by_id)
 
     def disconnect_user(self, user_id: str) -> int:
-        """Disconnect (1001) every socket of the user; return how many."""
-        found = [c for c in self._by_id.values() if c.identity.user_id == user_id]
+        """Disconnect (1001) every socket of the user on every node; return how many were here."""
+        if self._remote is not None:
+            self._remote.disconnect(user_id, None)
+        return self.revoke_local(user_id, None)
+
+    def disconnect_device(self, user_id: str, device_id: str) -> bool:
+        """Disconnect (1001) the device's socket on every node; False if it was not connected here."""
+        if self._remote is not None:
+            self._remote.disconnect(user_id, device_id)
+        return self.revoke_local(user_id, device_id) == 1
+
+    def revoke_local(self, user_id: str, device_id: str | None) -> int:
+        """Disconnect (1001) the user's sockets on this node only (all when `device_id` is None);
+        return how many. What another node's disconnect calls here."""
+        if device_id is not None:
+            connection = self._by_id.get(Identity(user_id, device_id).socket_id)
+            found = [] if connection is None else [connection]
+        else:
+            found = [c for c in self._by_id.values() if c.identity.user_id == user_id]
         for connection in found:
             connection.disconnect()
         return len(found)
-
-    def disconnect_device(self, user_id: str, device_id: str) -> bool:
-        """Disconnect (1001) the device's socket; False if it is not connected here."""
-        connection = self._by_id.get(Identity(user_id, device_id).socket_id)
-        if connection is None:
-            return False
-        connection.disconnect()
-        return True
 
     def close(self, identity: Identity, code: int, reason: str) -> None:
         """Close the identity's socket with `code` (e.g. 1008 when abuse detection blocks it)."""

@@ -30,6 +30,7 @@ deploy never crashes a reader):
 | `r` | membership revoked | `t`, `c` conversation id, `u` user id |
 | `h` | heartbeat (on the node's own channel) | `i` counter |
 | `s` | resync request (on `ctl`): the sender lost publications | |
+| `x` | disconnect (on `ctl`): a user's sockets, or one device's (a kick, a deactivation, or that device connected elsewhere) | `u` user id, `d` device id or null |
 
 Every payload has `v`, `k` and `o` (the origin node id).
 
@@ -154,6 +155,18 @@ class _Outbound(Protocol):
     def revoked(self, conversation_id: str, user_id: str) -> None: ...
 
 
+class ConnectionSink(Protocol):
+    """What the bridge needs from the node's sockets (`whispr.delivery.connections.ConnectionRegistry`)."""
+
+    def set_remote(self, remote: Any) -> None:
+        """Fan disconnects out to `remote` (the bridge), or stop with None."""
+        ...
+
+    def revoke_local(self, user_id: str, device_id: str | None) -> int:
+        """Disconnect the user's sockets (one device's) on this node."""
+        ...
+
+
 class LiveSink(Protocol):
     """What the bridge needs from live delivery (`whispr.delivery.live.LiveDelivery`)."""
 
@@ -253,6 +266,7 @@ class ClusterBridge:
         self._breaker = breaker or CircuitBreaker("redis_pubsub", call_timeout=0.25, reset_timeout=5.0)
         self._max_batch = max_batch
         self._live: LiveSink | None = None
+        self._sockets: ConnectionSink | None = None
         # (channel, data, heartbeat id or 0) waiting for the publisher.
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[tuple[str, bytes, int]](max_outbox)
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[Inbound](inbound_buffer)
@@ -289,6 +303,19 @@ class ClusterBridge:
             self._live.set_outbound(None)
         self._live = live
         live.set_outbound(self)
+
+    def attach_connections(self, connections: ConnectionSink) -> None:
+        """Fan `connections`' disconnects out to every node, and apply the other nodes' to it
+        (replacing any earlier one). Call it with the node's `ConnectionRegistry`."""
+        if self._sockets is not None and self._sockets is not connections:
+            self._sockets.set_remote(None)
+        self._sockets = connections
+        connections.set_remote(self)
+
+    def disconnect(self, user_id: str, device_id: str | None) -> None:
+        """`ConnectionRegistry`: disconnect the user's sockets (one device's) on the other nodes."""
+        envelope = {"v": VERSION, "k": "x", "o": self.node_id, "u": user_id, "d": device_id}
+        self._queue(self._ctl_channel, _dumps(envelope))
 
     def detach_live(self, live: LiveSink) -> None:
         """Undo `attach_live(live)` (nothing if another one was attached since)."""
@@ -559,6 +586,9 @@ class ClusterBridge:
                     live.revoke_local(envelope["c"], envelope["u"])
             elif kind == "s":
                 self._resync(None, "peer_request")
+            elif kind == "x":
+                if self._sockets is not None:
+                    self._sockets.revoke_local(envelope["u"], envelope["d"])
             else:
                 self._invalid += 1
         except (KeyError, TypeError, ValueError) as exc:
