@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import websockets
+import websockets.sync.client
 
 from tests.node import running_node
 from tests.services import free_port, wait_for_port
@@ -153,3 +155,36 @@ async def test_without_an_api_key_there_is_no_service_api(tmp_path: Path) -> Non
             lambda: _api(running.http_url, "POST", "/api/v1/conversations", {"members": ["a"]})
         )
     assert status == 404
+
+
+async def test_an_external_user_service_decides_who_is_active(tmp_path: Path) -> None:
+    async def user_service(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(4096)
+        active = request.startswith(b"GET /users/alice ")
+        body = json.dumps({"active": True}).encode() if active else b"{}"
+        status = b"200 OK" if active else b"404 Not Found"
+        head = b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        await stream.send_all(head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(partial(trio.serve_tcp, user_service, 0, host="127.0.0.1"))
+        service_url = f"http://127.0.0.1:{listener.socket.getsockname()[1]}"
+        async with running_node(tmp_path, user_service_url=service_url) as running:
+            statuses = []
+            for user in ("alice", "bob"):  # neither is in the store's users table
+                url = f"ws://127.0.0.1:{running.port}/socket/websocket?vsn=2.0.0&token={running.token(user, 'd')}"
+
+                def attempt(url: str = url) -> int:
+                    try:
+                        with websockets.sync.client.connect(url, open_timeout=10):
+                            pass
+                    except websockets.InvalidStatus as exc:
+                        return exc.response.status_code
+                    return 101
+
+                statuses.append(await trio.to_thread.run_sync(attempt))
+        nursery.cancel_scope.cancel()
+    assert statuses == [101, 403]

@@ -69,6 +69,7 @@ from whispr.security.gatekeeper import Admission, DirectoryUnavailable, Gatekeep
 from whispr.security.limits import FallbackLimiter, Limiter, LimitsConfig, LocalLimiter, Rate
 from whispr.security.origin import OriginPolicy
 from whispr.security.tokens import TokenConfig, TokenVerifier, mint_token
+from whispr.security.user_service import UserService
 
 _log = logging.getLogger("whispr.app")
 
@@ -214,6 +215,10 @@ async def _security_child(node: Node, *, task_status: trio.TaskStatus[Gatekeeper
             except StoreUnavailable as exc:
                 raise DirectoryUnavailable(str(exc)) from exc
 
+        users = user_active  # the store's users table, or the external user service (contract.md §1)
+        if node.settings.user_service_url:
+            users = UserService(node.settings.user_service_url).user_active
+
         node.gatekeeper = Gatekeeper(
             verifier=TokenVerifier(token_config(settings)),
             origins=OriginPolicy(settings.allowed_origins, dev=settings.dev),
@@ -222,7 +227,7 @@ async def _security_child(node: Node, *, task_status: trio.TaskStatus[Gatekeeper
             detector=AbuseDetector(limiter, audit),
             audit=audit,
             limits=limits_config(settings),
-            users=user_active,
+            users=users,
         )
         node.expiry = ExpiryWatch()
         async with trio.open_nursery() as nursery:

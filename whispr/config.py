@@ -55,6 +55,7 @@ class Settings:
     messages_per_minute: int = 100  # per user, one budget across nodes
     joins_per_minute: int = 30  # per socket ("channel hopping")
     max_content_bytes: int = 10_000  # UTF-8 bytes of a message's content
+    user_service_url: str = ""  # "" = the store's users table; else GET {url}/users/{id} -> {"active": bool}
 
     _ENV_PREFIX = "WHISPR_"
 
