@@ -46,6 +46,7 @@ from whispr.cluster import ClusterManager
 from whispr.config import Settings
 from whispr.delivery.deps import Deps, Guard
 from whispr.delivery.store import MessageStore, StoreUnavailable
+from whispr.gateway.drain import Drainer, drain_config
 from whispr.gateway.endpoint import Endpoint, EndpointConfig
 from whispr.gateway.http import HttpHandler, HttpRequest, HttpResponse
 from whispr.gateway.socket import PhoenixSocket
@@ -100,6 +101,8 @@ class Node:
     endpoint: Endpoint | None = None
     address: tuple[str, int] | None = None
     draining: bool = False
+    drainer: Drainer | None = None  # the endpoint's socket tracker; drains on SIGTERM (whispr.gateway.drain)
+    reuse_port: bool = False  # SO_REUSEPORT: `whispr serve --workers N` runs N nodes on one port
 
 
 def token_config(settings: Settings) -> TokenConfig:
@@ -289,21 +292,28 @@ def authenticator(node: Node) -> Authenticate:
 async def _endpoint_child(node: Node, *, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
     pubsub = _needs(node.pubsub, "pubsub")
     deps = _needs(node.deps, "delivery")
-    connect = make_connect(make_router(deps), pubsub, authenticator(node))
+    node.drainer = drainer = Drainer(drain_config(node.settings))
+    connect = drainer.wrap(make_connect(make_router(deps), pubsub, authenticator(node)))
     ready = readiness(node)
 
     async def metrics() -> tuple[bytes, str]:
         return await trio.to_thread.run_sync(node.metrics.render)
 
     node.endpoint = Endpoint(
-        endpoint_config(node.settings),
+        endpoint_config(node.settings, reuse_port=node.reuse_port),
         connect,
         http_routes=http_routes(ready=ready.ready, metrics=metrics),
         http_prefix_routes=service_routes(node),
     )
+    stop = supervisors.trap_shutdown()  # asked to stop (SIGTERM): drain before the tree goes on
     async with trio.open_nursery() as nursery:
         node.address = await nursery.start(node.endpoint.serve)
         task_status.started(node.address)
+        await stop.wait()
+        node.draining = True
+        ready.drain()  # /ready fails first, then the sockets move (contract.md §6 1012)
+        await drainer.drain()
+        nursery.cancel_scope.cancel()
 
 
 def service_routes(node: Node) -> dict[str, HttpHandler]:
@@ -343,7 +353,7 @@ def build_tree(node: Node) -> supervisors.Supervisor:
         spec("offline", _offline_child, (node,)),
         spec("security", _security_child, (node,)),
         spec("loop_lag", measure_loop_lag),
-        spec("endpoint", _endpoint_child, (node,), shutdown=10.0),
+        spec("endpoint", _endpoint_child, (node,), shutdown=drain_config(node.settings).total + 1.0),
     ]
     return supervisors.Supervisor(
         "root", children, strategy=supervisors.Strategy.REST_FOR_ONE, intensity=3, period=10.0
@@ -387,11 +397,12 @@ def limits_config(settings: Settings) -> LimitsConfig:
     )
 
 
-def endpoint_config(settings: Settings) -> EndpointConfig:
+def endpoint_config(settings: Settings, *, reuse_port: bool = False) -> EndpointConfig:
     """The listener: address, TLS, and the socket limits (contract.md §1, §5)."""
     return EndpointConfig(
         host=settings.host,
         port=settings.port,
+        reuse_port=reuse_port,
         ssl_context=ssl_context(settings),
         limits=WebSocketLimits(idle_timeout=settings.idle_timeout),
     )
@@ -418,10 +429,17 @@ async def run_node(node: Node, *, task_status: trio.TaskStatus[Node] = trio.TASK
         task_status.started(node)
 
 
-def serve(settings: Settings) -> None:
-    """The `whispr serve` command: configure logging and run one node until a signal. Blocking."""
+def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+    """The `whispr serve` command: configure logging and run one node until a signal. Blocking.
+
+    On SIGTERM/SIGINT the node drains (`whispr.gateway.drain`), then stops its tree in order.
+
+    Raises:
+        ConfigError: the drain window does not fit inside the shutdown grace.
+    """
+    drain_config(settings)  # refuse a drain window that the grace would cut short, before starting
     setup_logging(settings)
-    node = Node(settings, Metrics(settings.node_id, max_connections=MAX_CONNECTIONS))
+    node = Node(settings, Metrics(settings.node_id, max_connections=MAX_CONNECTIONS), reuse_port=reuse_port)
 
     async def main() -> None:
         async with open_bridge():

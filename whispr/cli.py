@@ -35,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--store", dest="store_url", help="sqlite:///PATH or postgresql://... (default SQLite)")
     serve.add_argument("--redis", dest="redis_url", help="redis://... for a cluster (default: in-process)")
     serve.add_argument("--node-id", help="this node's name in logs, metrics and the cluster")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="node processes sharing the port (SO_REUSEPORT), each with node id <node-id>-w<i>; "
+        "N > 1 needs PostgreSQL and Redis (default 1)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
 
     migrate = commands.add_parser("migrate", help="create or upgrade the store's schema")
     migrate.add_argument("--dev", action="store_true", help="use the dev data dir defaults")
@@ -152,9 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         if args.command == "serve":
             from whispr.app import serve
+            from whispr.gateway.drain import drain_config
+            from whispr.workers import check_workers, serve_workers
 
             settings.validate()
-            serve(settings)
+            check_workers(settings, args.workers)
+            if args.workers > 1:
+                drain_config(settings)  # the workers would each refuse it: say so once
+                return serve_workers(settings, args.workers, list(sys.argv[1:] if argv is None else argv))
+            serve(settings, reuse_port=args.reuse_port)
         elif args.command == "migrate":
             from whispr.app import migrate
 

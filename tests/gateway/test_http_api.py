@@ -95,7 +95,7 @@ async def test_longest_prefix_wins_and_exact_routes_keep_working() -> None:
             b"admin PUT",
         )
         assert (await http_exchange(port, _request("GET", "/api/v1/x")))[0] == 200
-        assert (await http_exchange(port, _request("GET", "/health")))[:3:2] == (200, b"ok\n")
+        assert (await http_exchange(port, _request("GET", "/health")))[:3:2] == (200, b'{"status":"ok"}')
         assert (await http_exchange(port, _request("POST", "/health", b"")))[0] == 400  # exact routes: GET only
         assert (await http_exchange(port, _request("GET", "/api/v1")))[0] == 404  # the prefix includes the "/"
         assert (await http_exchange(port, _request("GET", "/api/v2/x")))[0] == 404
