@@ -6,11 +6,13 @@ import base64
 from typing import Any
 
 import pytest
+import trio
 
 from tests.channels.fakes import FakeTransport, router
 from whispr.gateway.socket import PhoenixSocket
 from whispr.gateway.socket_connect import Admitted, make_connect
 from whispr.gateway.transport import Accept, Refuse, UpgradeRequest
+from whispr.observability.logs import LogContext, current_context
 from whispr.protocol import V1, V2, Identity
 from whispr.pubsub import PubSub
 
@@ -200,3 +202,20 @@ async def test_admitted_hooks_run_when_the_socket_opens_and_when_it_is_gone() ->
     assert accepted.on_closed is not None
     accepted.on_closed()
     assert events == [socket, "closed"]
+
+
+async def test_the_connection_task_logs_with_its_user_and_device() -> None:
+    async def child(accepted: Accept | Refuse, seen: list[object]) -> None:
+        socket_of(accepted)  # builds the socket in this task, as the transport's reader does
+        seen.append(current_context())
+
+    accepted = await connect(request())
+    seen: list[object] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(child, accepted, seen)
+    (context,) = seen
+    assert isinstance(context, LogContext)
+    assert (context.user_id, context.device_id) == ("42", "dev1")
+    assert context.conn_id is not None
+    assert context.conn_id.startswith("c")
+    assert current_context().user_id is None  # other tasks are untouched

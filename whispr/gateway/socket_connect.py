@@ -24,17 +24,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from whispr.channels.router import Router
 from whispr.gateway.socket import PhoenixSocket
 from whispr.gateway.transport import Accept, Connect, Refuse, Transport, UpgradeRequest
+from whispr.observability.logs import bind_log_context
 from whispr.protocol import Identity, serializer_for_vsn
 from whispr.protocol.session import DEFAULT_MAX_CHANNELS
 from whispr.pubsub.local import PubSub
 
 SOCKET_PATH = "/socket/websocket"
+_connection_ids = itertools.count(1)
 PHOENIX_SUBPROTOCOL = "phoenix"
 AUTH_TOKEN_PREFIX = "base64url.bearer.phx."
 DEFAULT_VSN = "1.0.0"
@@ -86,6 +89,11 @@ def make_connect(
         admitted = outcome
 
         def handler(transport: Transport) -> PhoenixSocket:
+            # Runs in the connection's own task: every record it logs carries who it is.
+            identity = admitted.identity
+            bind_log_context(
+                conn_id=f"c{next(_connection_ids)}", user_id=identity.user_id, device_id=identity.device_id
+            )
             socket = PhoenixSocket(transport, serializer, router, pubsub, admitted.identity, max_channels=max_channels)
             admitted.opened(socket)
             return socket

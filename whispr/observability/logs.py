@@ -177,6 +177,13 @@ def log_context(
         _context.reset(token)
 
 
+def bind_log_context(*, conn_id: str | None = None, user_id: str | None = None, device_id: str | None = None) -> None:
+    """Like `log_context`, for the rest of the calling task: Trio runs each task in its own copy
+    of the context, so a connection's task binds its fields once and every record it logs has them."""
+    given = {"conn_id": conn_id, "user_id": user_id, "device_id": device_id}
+    _context.set(replace(_context.get(), **{key: value for key, value in given.items() if value is not None}))
+
+
 class ContextFilter(logging.Filter):
     """Adds `node`, `conn_id`, `user_id` and `device_id` (None when unset) to every record."""
 
