@@ -44,6 +44,31 @@ async def test_append_returns_the_stored_message(store: MessageStore, clock: Fak
     assert message.payload()["inserted_at"] == "2023-11-14T22:13:20.000Z"
 
 
+async def test_append_returns_each_recipients_inbox_seq_as_stored(store: MessageStore) -> None:
+    ab = await store.create_conversation(["ann", "bob"])
+    bc = await store.create_conversation(["bob", "cid"])
+    results = []
+
+    async def append(conversation: str, sender: str, key: str) -> None:
+        results.append(await store.append(conversation, sender, f"{sender}-phone", key, "text", "x", {}, None))
+
+    async with trio.open_nursery() as nursery:  # concurrent: committed in one batch
+        for i in range(5):
+            nursery.start_soon(append, ab, "ann", f"a{i}")
+            nursery.start_soon(append, bc, "cid", f"c{i}")
+    retry = await store.append(ab, "ann", "ann-phone", "a0", "text", "x", {}, None)
+
+    assert retry.duplicate
+    assert dict(retry.inbox) == {}
+    for user in ("ann", "bob", "cid"):
+        page = await store.inbox_after(user, 0, 100)
+        returned = sorted((r.inbox[user], r.message.id) for r in results if user in r.inbox)
+        assert returned == [(e.seq, e.message.id) for e in page.entries], user
+    assert all(
+        not r.duplicate and sorted(r.inbox) == ["ann", "bob"] for r in results if r.message.conversation_id == ab
+    )
+
+
 async def test_seq_is_gap_free_per_conversation_under_concurrent_appends(store: MessageStore) -> None:
     conversations = [await store.create_conversation(["ann", "bob"]) for _ in range(3)]
     acked: dict[str, list[Message]] = defaultdict(list)

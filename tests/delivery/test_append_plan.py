@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from whispr.delivery.append_plan import AppendRequest, number_inbox, plan_batch
-from whispr.delivery.store import ConversationNotFound, Message
+from whispr.delivery.append_plan import AppendRequest, appended, number_inbox, plan_batch
+from whispr.delivery.store import Appended, ConversationNotFound, Message
 
 
 def request(conversation: str, sender: str, key: str) -> AppendRequest:
@@ -79,3 +79,22 @@ def test_number_inbox_continues_each_users_head() -> None:
 def test_metadata_must_be_json() -> None:
     with pytest.raises(TypeError):
         AppendRequest.build("a", "u", "d", "1", "text", "", {"bad": object()}, None)
+
+
+def test_appended_carries_each_new_message_inbox_seqs_and_none_for_duplicates() -> None:
+    counter = ids()
+    plan = plan_batch(
+        [request("a", "u", "1"), request("nope", "u", "1"), request("a", "u", "1"), request("a", "v", "2")],
+        heads={"a": 0},
+        existing={},
+        recipients={"a": ["u", "v"]},
+        now_ms=5,
+        new_id=lambda: f"m{next(counter)}",
+    )
+    first, missing, duplicate, second = appended(plan.results, number_inbox(plan.deliveries, {"u": 4}))
+    assert isinstance(first, Appended)
+    assert isinstance(second, Appended)
+    assert (first.message.seq, first.duplicate, dict(first.inbox)) == (1, False, {"u": 5, "v": 1})
+    assert isinstance(missing, ConversationNotFound)
+    assert duplicate == Appended(first.message, True, {})
+    assert (second.message.seq, dict(second.inbox)) == (2, {"u": 6, "v": 2})

@@ -180,7 +180,7 @@ async def test_store_outage_answers_service_unavailable_and_keeps_the_socket(
         raise StoreUnavailable("down")
 
     with monkeypatch.context() as patch:
-        patch.setattr(node.store, "append_message", down)
+        patch.setattr(node.store, "append", down)
         refused = await alice.call(topic, "send_message", send("c1"))
     assert refused == {"status": "error", "response": {"reason": "service_unavailable"}}
     retried = await alice.call(topic, "send_message", send("c1"))

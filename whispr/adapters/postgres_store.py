@@ -37,11 +37,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from whispr.adapters.aio import run_aio
 from whispr.adapters.migrations import load
-from whispr.delivery.append_plan import AppendRequest, AppendResult, Key, number_inbox, plan_batch
+from whispr.delivery.append_plan import AppendRequest, Key, appended, number_inbox, plan_batch
 from whispr.delivery.group_commit import GroupCommit
 from whispr.delivery.replay import check_page_args, replay_start
 from whispr.delivery.store import (
     DEFAULT_RETENTION,
+    Appended,
     ConversationNotFound,
     InboxEntry,
     InboxPage,
@@ -192,7 +193,7 @@ class PostgresStore:
         self._clock = clock
         self._retention_ms = int(retention * 1000)
         self._call_timeout = call_timeout
-        self._appends: GroupCommit[AppendRequest, tuple[Message, bool]] = GroupCommit(self._commit_appends, max_batch)
+        self._appends: GroupCommit[AppendRequest, Appended] = GroupCommit(self._commit_appends, max_batch)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -256,15 +257,32 @@ class PostgresStore:
         reply_to: str | None,
     ) -> tuple[Message, bool]:
         """See `MessageStore.append_message`. Blocks until the batch holding it has committed."""
+        result = await self.append(
+            conversation_id, sender_id, sender_device_id, client_message_id, type, content, metadata, reply_to
+        )
+        return result.message, result.duplicate
+
+    async def append(
+        self,
+        conversation_id: str,
+        sender_id: str,
+        sender_device_id: str,
+        client_message_id: str,
+        type: str,
+        content: str,
+        metadata: JSONObject,
+        reply_to: str | None,
+    ) -> Appended:
+        """See `MessageStore.append`. Blocks until the batch holding it has committed."""
         request = AppendRequest.build(
             conversation_id, sender_id, sender_device_id, client_message_id, type, content, metadata, reply_to
         )
         return await self._appends.submit(request)
 
-    async def _commit_appends(self, requests: list[AppendRequest]) -> list[AppendResult]:
+    async def _commit_appends(self, requests: list[AppendRequest]) -> list[Appended | StoreError]:
         return await self._call("append_batch", self._aio_append_batch, requests)
 
-    async def _aio_append_batch(self, requests: list[AppendRequest]) -> list[AppendResult]:
+    async def _aio_append_batch(self, requests: list[AppendRequest]) -> list[Appended | StoreError]:
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT id, last_seq FROM conversations WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
@@ -291,7 +309,7 @@ class PostgresStore:
                 recipients[conversation_id].append(user_id)
             plan = plan_batch(requests, heads, existing, recipients, self._now_ms(), lambda: str(uuid.uuid4()))
             if not plan.new_messages:
-                return plan.results
+                return appended(plan.results, [])
             await conn.execute(
                 "INSERT INTO messages (id, conversation_id, seq, sender_id, sender_device_id, client_message_id,"
                 " type, content, metadata, reply_to, inserted_at)"
@@ -324,6 +342,7 @@ class PostgresStore:
                 _columns(list(plan.heads.items()), 2),
             )
             counts = plan.inbox_counts()
+            numbered: list[tuple[str, int, Message]] = []
             if counts:
                 cur = await conn.execute(
                     "INSERT INTO inboxes (user_id, last_seq)"
@@ -339,7 +358,7 @@ class PostgresStore:
                     " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[])",
                     _columns([(u, seq, m.id, m.inserted_at) for u, seq, m in numbered], 4),
                 )
-        return plan.results
+        return appended(plan.results, numbered)
 
     async def messages_after(self, conversation_id: str, after_seq: int, limit: int) -> MessagePage:
         """See `MessageStore.messages_after`."""

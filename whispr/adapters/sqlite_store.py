@@ -34,11 +34,12 @@ from typing import Any, TypeVar
 import trio
 
 from whispr.adapters.migrations import load
-from whispr.delivery.append_plan import AppendRequest, AppendResult, Key, number_inbox, plan_batch
+from whispr.delivery.append_plan import AppendRequest, Key, appended, number_inbox, plan_batch
 from whispr.delivery.group_commit import GroupCommit
 from whispr.delivery.replay import check_page_args, replay_start
 from whispr.delivery.store import (
     DEFAULT_RETENTION,
+    Appended,
     ConversationNotFound,
     InboxEntry,
     InboxPage,
@@ -241,7 +242,7 @@ class SQLiteStore:
         self._clock = clock
         self._retention_ms = int(retention * 1000)
         self._closed = False
-        self._appends: GroupCommit[AppendRequest, tuple[Message, bool]] = GroupCommit(self._commit_appends, max_batch)
+        self._appends: GroupCommit[AppendRequest, Appended] = GroupCommit(self._commit_appends, max_batch)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -295,15 +296,32 @@ class SQLiteStore:
         reply_to: str | None,
     ) -> tuple[Message, bool]:
         """See `MessageStore.append_message`. Blocks until the batch holding it has committed."""
+        result = await self.append(
+            conversation_id, sender_id, sender_device_id, client_message_id, type, content, metadata, reply_to
+        )
+        return result.message, result.duplicate
+
+    async def append(
+        self,
+        conversation_id: str,
+        sender_id: str,
+        sender_device_id: str,
+        client_message_id: str,
+        type: str,
+        content: str,
+        metadata: JSONObject,
+        reply_to: str | None,
+    ) -> Appended:
+        """See `MessageStore.append`. Blocks until the batch holding it has committed."""
         request = AppendRequest.build(
             conversation_id, sender_id, sender_device_id, client_message_id, type, content, metadata, reply_to
         )
         return await self._appends.submit(request)
 
-    async def _commit_appends(self, requests: list[AppendRequest]) -> list[AppendResult]:
+    async def _commit_appends(self, requests: list[AppendRequest]) -> list[Appended | StoreError]:
         return await self._run("append_batch", self._append_batch, requests)
 
-    def _append_batch(self, requests: list[AppendRequest]) -> list[AppendResult]:
+    def _append_batch(self, requests: list[AppendRequest]) -> list[Appended | StoreError]:
         conn = self._conn
         conversation_ids = sorted({r.conversation_id for r in requests})
         with _transaction(conn):
@@ -372,7 +390,7 @@ class SQLiteStore:
                 " ON CONFLICT (user_id) DO UPDATE SET last_seq = excluded.last_seq",
                 [(user_id, bases[user_id] + count) for user_id, count in counts.items()],
             )
-        return plan.results
+        return appended(plan.results, numbered)
 
     async def messages_after(self, conversation_id: str, after_seq: int, limit: int) -> MessagePage:
         """See `MessageStore.messages_after`."""

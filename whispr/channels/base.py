@@ -64,6 +64,18 @@ class ChannelSocket(Protocol):
         """
         ...
 
+    def push_shared(self, event: str, payload: Payload, frames: dict[object, bytes] | None) -> None:
+        """`push`, with the frame built at most once per (serializer, join_ref) among the calls that
+        share `frames`: every such call must push the same `event` and `payload` on the same topic
+        (one stream entry handed to several devices). `frames` None: a plain `push`.
+
+        The bytes written are exactly those `push` writes (this instance's join_ref included).
+
+        Raises:
+            RuntimeError: called before the join was accepted.
+        """
+        ...
+
     def broadcast(self, event: str, payload: Payload, *, droppable: bool = False) -> None:
         """Send `event` to every subscriber of this topic, this client included (join_ref null).
 

@@ -149,7 +149,9 @@ class ConversationChannel(Channel):
         except StoreUnavailable:
             return error(SERVICE_UNAVAILABLE)
         self._guard = guard
-        self._gate = Gate(identity.user_id, position, lambda seq, payload: socket.push(NEW_MESSAGE, payload))
+        self._gate = Gate(
+            identity.user_id, position, lambda seq, payload, frames: socket.push_shared(NEW_MESSAGE, payload, frames)
+        )
         self._feed = deps.live.attach(topic, self._gate, read)
         self._first = first
         track_presence(socket, deps)

@@ -108,7 +108,9 @@ class UserChannel(Channel):
             first = await read(position, deps.live.page_size)
         except StoreUnavailable:
             return error(SERVICE_UNAVAILABLE)
-        self._gate = Gate(identity.user_id, position, lambda seq, payload: socket.push(NEW_MESSAGE, payload))
+        self._gate = Gate(
+            identity.user_id, position, lambda seq, payload, frames: socket.push_shared(NEW_MESSAGE, payload, frames)
+        )
         self._feed = deps.live.attach(topic, self._gate, read)
         self._first = first
         track_presence(socket, deps)

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from whispr.delivery.store import ConversationNotFound, JSONObject, Message, StoreError
+from whispr.delivery.store import Appended, ConversationNotFound, JSONObject, Message, StoreError
 
 Key = tuple[str, str, str]  # (conversation_id, sender_id, client_message_id)
 
@@ -146,3 +146,21 @@ def number_inbox(deliveries: Sequence[tuple[str, Message]], bases: Mapping[str, 
         last[user_id] = seq
         numbered.append((user_id, seq, message))
     return numbered
+
+
+def appended(
+    results: Sequence[AppendResult], numbered: Sequence[tuple[str, int, Message]]
+) -> list[Appended | StoreError]:
+    """Each request's answer with the inbox seqs its message got (`number_inbox`'s output; empty for
+    a duplicate or when nothing was numbered)."""
+    inbox: dict[str, dict[str, int]] = {}
+    for user_id, seq, message in numbered:
+        inbox.setdefault(message.id, {})[user_id] = seq
+    answers: list[Appended | StoreError] = []
+    for result in results:
+        if isinstance(result, StoreError):
+            answers.append(result)
+            continue
+        message, duplicate = result
+        answers.append(Appended(message, duplicate, {} if duplicate else inbox.get(message.id, {})))
+    return answers

@@ -15,12 +15,12 @@ Two objects per stream and node:
 
 * A `Feed` per stream with at least one joined device on this node. Its `head` is the seq of the
   last entry it handed to the live gates. It advances only by handing over entries in seq order:
-  entries offered with their seq (`offer`, the conversation stream, whose seq the write returns),
-  or read from the store after `head` (`pull`, the user stream, whose inbox seqs the write does not
-  return, and any gap). An offer that jumps (seq > head + 1: two sends committed together woke
-  up in the other order, or a sender was cancelled between its commit and its publication) is
-  buffered (bounded) until the missing seq arrives; if it is still missing once the batch has been
-  handled, the feed pulls the gap from the store. So a feed hands every entry after its head to
+  entries offered with their seq (`offer`: the write returns the conversation seq and each
+  recipient's inbox seq, `MessageStore.append`), or read from the store after `head` (`pull`: a
+  gap, a go-live, a resync from the cluster). An offer that jumps (seq > head + 1: two sends
+  committed together woke up in the other order, or a sender was cancelled between its commit
+  and its publication) is buffered (bounded) until the missing seq arrives; if it is still
+  missing once the batch has been handled, the feed pulls the gap from the store. So a feed hands every entry after its head to
   its live gates exactly once, in order, whatever order the live path brings them in.
 * A `Gate` per joined channel instance (one device on one topic): its `position` is the last seq
   sent to the device. It starts *replaying*: the channel reads the store page by page after its
@@ -48,7 +48,7 @@ publishes commits; channels only attach, detach and go live, which never await. 
 publishes after its commit returns and before the sender's `ok` is written, so an acked message is
 always published, and reaches the sender's own device after the ack (contract §3 "ok, then
 broadcast"). A publication lost anyway (its sender cancelled between commit and publication) is
-found by the next jump (conversation) or the next pull (user stream).
+found by the next jump on that stream, which pulls from the store.
 
 Invariants
 ----------
@@ -65,17 +65,21 @@ the named feeds, or all of them, from the store after their head: a `user:` poke
 lost heartbeat). Both only queue work for `run`; a lost or late remote notice costs a store read,
 never an entry.
 
-WARNING: the live path pushes one frame per device (`ChannelSocket.push`): the payload is built
-once per stream, but encoded once per device, because a channel cannot reach its connection's
-serializer and transport. Encode-once needs a `ChannelSocket` hook that writes a pre-encoded
-broadcast frame (join_ref null) per serializer.
+Encode once: a feed builds an entry's payload once (one per message for the conversation stream,
+one per recipient for `user:`, whose `inbox_seq` is that user's) and hands it to all its live gates
+with one frame cache (`Deliver`'s third argument); each channel pushes with
+`ChannelSocket.push_shared`, which encodes and frames once per (serializer, join_ref) and writes the
+same bytes to every device that shares them. The frames are exactly those of a per-device `push`
+(the channel's join_ref included, so clients keep dropping a left join's frames); devices whose
+clients number their joins alike (phoenix.js: the first join of a socket is ref "1"...) share one
+encoding per stream entry.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -95,8 +99,11 @@ _log = logging.getLogger("whispr.delivery")
 
 Entry = tuple[int, dict[str, Any]]
 """(stream seq, the `new_message` payload)."""
-Deliver = Callable[[int, dict[str, Any]], None]
-"""Sends one entry to one device (synchronous, never blocks)."""
+Frames = dict[object, bytes]
+"""Frames of one entry already built, keyed by (serializer, join_ref, topic) (`ChannelSocket.push_shared`)."""
+Deliver = Callable[[int, dict[str, Any], Frames | None], None]
+"""Sends one entry to one device (synchronous, never blocks): `(seq, payload, frames)`, where
+`frames` is shared by every device the same entry is handed to (None: a replay, one device)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,18 +174,18 @@ class Gate:
         self.revoked = False
         self._deliver = deliver
 
-    def offer(self, seq: int, payload: dict[str, Any]) -> None:
+    def offer(self, seq: int, payload: dict[str, Any], frames: Frames) -> None:
         """Pass the entry if the gate is live, not revoked, and the device does not have it yet."""
         if self.live and not self.revoked and seq > self.position:
             self.position = seq
-            self._deliver(seq, payload)
+            self._deliver(seq, payload, frames)
 
     def replayed(self, seq: int, payload: dict[str, Any]) -> bool:
         """Send a replayed entry unless the device has it; True if it was sent."""
         if seq <= self.position:
             return False
         self.position = seq
-        self._deliver(seq, payload)
+        self._deliver(seq, payload, None)
         return True
 
 
@@ -234,8 +241,9 @@ class Feed:
 
     def _hand_over(self, seq: int, payload: dict[str, Any]) -> None:
         self.head = seq
+        frames: Frames = {}
         for gate in self.gates:
-            gate.offer(seq, payload)
+            gate.offer(seq, payload, frames)
 
     def _drain(self) -> None:
         for seq in [seq for seq in self.pending if seq <= self.head]:
@@ -247,7 +255,8 @@ class Feed:
 @dataclass(frozen=True, slots=True)
 class _Committed:
     message: Message
-    members: tuple[str, ...]
+    payload: dict[str, Any]  # message.payload(), built once, never mutated
+    inbox: Mapping[str, int]  # recipient -> inbox seq of the message
     accepted_at: float  # trio.current_time() when the router took the send
     committed_at: float  # ... and when the store's commit returned
 
@@ -320,20 +329,22 @@ class LiveDelivery:
                 if gate.user_id == user_id:
                     gate.revoked = True
 
-    def published(self, message: Message, members: tuple[str, ...], accepted_at: float, committed_at: float) -> None:
-        """A new message was committed: deliver it on its conversation and its members' inboxes.
+    def published(self, message: Message, inbox: Mapping[str, int], accepted_at: float, committed_at: float) -> None:
+        """A new message was committed: deliver it on its conversation and its recipients' inboxes.
 
-        `members` are the conversation's active members as the sender saw them; `accepted_at` and
-        `committed_at` (Trio clock) time the delivery-latency telemetry. Synchronous, never
-        blocks: the work is done by `run`, after the caller's current step.
+        `inbox` is the inbox seq each recipient got for it in the same transaction
+        (`Appended.inbox`); `accepted_at` and `committed_at` (Trio clock) time the delivery-latency
+        telemetry. Synchronous, never blocks: the work is done by `run`, after the caller's
+        current step.
         """
-        self._send.send_nowait(_Committed(message, members, accepted_at, committed_at))
+        payload = message.payload()
+        self._send.send_nowait(_Committed(message, payload, inbox, accepted_at, committed_at))
         if self._outbound is not None:
             self._outbound.committed(
                 conversation_topic(message.conversation_id),
                 message.seq,
-                message.payload(),
-                tuple(user_topic(member) for member in members),
+                payload,
+                tuple(user_topic(member) for member in inbox),
             )
 
     def remote_entry(self, topic: str, seq: int, payload: dict[str, Any]) -> None:
@@ -414,9 +425,10 @@ class LiveDelivery:
                         offered[remote] = None
                     continue
                 message = work.message
+                payload = work.payload
                 feed = self._feeds.get(conversation_topic(message.conversation_id))
                 if feed is not None:
-                    feed.offer(message.seq, message.payload())
+                    feed.offer(message.seq, payload)
                     offered[feed] = None
                     # Acceptance → written to the conversation's live devices (the offer writes synchronously).
                     now = trio.current_time()
@@ -430,11 +442,12 @@ class LiveDelivery:
                         },
                         _LIVE,
                     )
-                for user_id in work.members:
-                    # The inbox seq is assigned in the write but not returned: read it back.
+                for user_id, inbox_seq in work.inbox.items():
                     inbox = self._feeds.get(user_topic(user_id))
-                    if inbox is not None:
-                        to_pull[inbox] = None
+                    if inbox is not None and inbox_seq > inbox.head:
+                        # Same keys, same order as `inbox_payload`: the bytes a replay would send.
+                        inbox.offer(inbox_seq, {**payload, "inbox_seq": inbox_seq})
+                        offered[inbox] = None
             for feed in offered:
                 if feed.pending:
                     to_pull[feed] = None  # a seq is still missing after the whole batch: read it

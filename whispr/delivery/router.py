@@ -7,13 +7,13 @@ One path for every sender: the `conversation:` channel's `send_message` and the 
 2. the message is appended (group-committed); the call returns only once it is committed, so the
    caller's `ok` means durable (§4.1). A repeated `client_message_id` of the same sender returns
    the original with `duplicate=True` (§4.2);
-3. a new message is published to `LiveDelivery` synchronously, before the caller can answer: it
-   reaches `new_message` on `conversation:<id>` and on `user:<member>` of every member read in
-   step 1, on every device (§4.4). A duplicate is not published again.
+3. a new message is published to `LiveDelivery` synchronously, before the caller can answer, with
+   the inbox seq each recipient got in the same transaction (`MessageStore.append`): it reaches
+   `new_message` on `conversation:<id>` and on `user:<recipient>`, on every device (§4.4), without
+   reading the store back. A duplicate is not published again.
 
-Membership is read once per send and serves both the check and the fan-out. A member added
-between that read and the commit gets the inbox entry (the store reads membership at write time)
-but no live poke for it: their devices get it with the next message of theirs, or on rejoin.
+Membership is read once per send for the check; the fan-out goes to the recipients the store
+numbered at write time (so a member added between that read and the commit gets it live too).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class MessageRouter:
         members = await self._store.members(conversation_id)
         if not as_system and sender_id not in members:
             raise NotMember(conversation_id)
-        message, duplicate = await self._store.append_message(
+        appended = await self._store.append(
             conversation_id,
             sender_id,
             sender_device_id,
@@ -115,9 +115,10 @@ class MessageRouter:
             draft.metadata,
             draft.reply_to,
         )
+        message, duplicate = appended.message, appended.duplicate
         if not duplicate:
             # Synchronous: published before the caller's ack is written (module docstring, step 3).
-            self._live.published(message, tuple(members), accepted_at, trio.current_time())
+            self._live.published(message, appended.inbox, accepted_at, trio.current_time())
         return message, duplicate
 
 

@@ -107,6 +107,17 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class Appended:
+    """What `MessageStore.append` returns: the message, whether it was a `duplicate`, and `inbox`,
+    the inbox seq each recipient got for it in the same transaction (user id -> inbox seq, in
+    user-id order; empty for a duplicate, which creates no inbox entry)."""
+
+    message: Message
+    duplicate: bool
+    inbox: Mapping[str, int] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
 class InboxEntry:
     """A message as delivered to one user: `seq` is the user's inbox seq."""
 
@@ -182,6 +193,25 @@ class MessageStore(Protocol):
         Raises:
             ConversationNotFound: the conversation does not exist.
             TypeError: `metadata` is not JSON-serialisable.
+        """
+        ...
+
+    async def append(
+        self,
+        conversation_id: str,
+        sender_id: str,
+        sender_device_id: str,
+        client_message_id: str,
+        type: str,
+        content: str,
+        metadata: JSONObject,
+        reply_to: str | None,
+    ) -> Appended:
+        """`append_message`, also returning the inbox seq each recipient got (`Appended.inbox`), so
+        that live delivery can hand `user:` entries over without reading them back.
+
+        Raises:
+            As `append_message`.
         """
         ...
 

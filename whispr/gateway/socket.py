@@ -109,6 +109,20 @@ class ChannelHandle:
         self._check_joined()
         self._socket._send(Message(self.topic, event, payload, None, self.join_ref), _PUSH, droppable)
 
+    def push_shared(self, event: str, payload: Payload, frames: dict[object, bytes] | None) -> None:
+        """See `whispr.channels.base.ChannelSocket.push_shared`."""
+        self._check_joined()
+        socket = self._socket
+        if frames is None:
+            socket._send(Message(self.topic, event, payload, None, self.join_ref), _PUSH)
+            return
+        # The topic is in the key too, so a cache shared by mistake across topics stays correct.
+        key = (socket.serializer, self.join_ref, self.topic)
+        frame = frames.get(key)
+        if frame is None:
+            frame = frames[key] = socket._frame(Message(self.topic, event, payload, None, self.join_ref))
+        socket._write(frame, _PUSH)
+
     def broadcast(self, event: str, payload: Payload, *, droppable: bool = False) -> None:
         """See `whispr.channels.base.ChannelSocket.broadcast`."""
         self._check_joined()
