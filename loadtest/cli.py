@@ -25,11 +25,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="ws://127.0.0.1:4000/socket", help="socket base URL (phoenix.js style)")
     p.add_argument("-n", "--connections", type=int, default=100, help="connections / subscribers")
     p.add_argument("--procs", type=int, default=1, help="worker processes (each ≤ 15,000 sockets)")
-    p.add_argument("--source-ips", type=int, default=8, help="spread over 127.0.0.1..N (0: no bind)")
-    p.add_argument("--token", help="query parameter token=…")
+    p.add_argument("--source-ips", type=int, default=8, help="spread over N loopback addresses (0: no bind)")
+    p.add_argument("--source-base", type=int, default=0, help="first source address = 127.0.0.1 + this offset")
+    p.add_argument("--token", help="query parameter token=… (one token shared by every connection)")
+    p.add_argument("--token-secret", help="HS256 secret: mint a token per connection (sub, device_id, exp)")
+    p.add_argument("--secret-file", help="read the HS256 secret from this file (e.g. DATA_DIR/dev-jwt-secret)")
+    p.add_argument("--user", default="lt-u{i}", help="minted tokens' sub ({i} = connection index)")
+    p.add_argument("--device", default="lt-d{i}", help="minted tokens' device_id ({i} = connection index)")
+    p.add_argument("--token-ttl", type=float, default=3600.0, help="minted tokens' lifetime (s)")
+    p.add_argument("--publish-topic", help="fanout: the publisher's topic ({conv}); default: --topic of connection 0")
+    p.add_argument("--publisher-user", default="lt-pub", help="fanout: the publisher's user (minted tokens)")
+    p.add_argument("--groups-file", help="conversations from `python -m loadtest.seed` ({conv}, chat, reconnect)")
+    p.add_argument("--group-size", type=int, default=10, help="members per conversation without --groups-file")
+    p.add_argument("--request-payload", default='{"n": {n}}', help="rtt: JSON template with {n} / {marker}")
+    p.add_argument("--reconnect-rate", type=float, help="reconnect: the storm's connects per second (default --rate)")
+    p.add_argument("--drop-fraction", type=float, default=0.5, help="reconnect: share of members that drop")
     p.add_argument("--auth-token", help="send the token as phoenix.js authToken (subprotocol)")
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="extra query parameter")
-    p.add_argument("--topic", default="room:lobby", help="topic to join; {i} = connection index")
+    p.add_argument("--topic", default="room:lobby", help="topic to join; {i} index, {user} its user, {conv} its conv")
     p.add_argument("--join-params", default="{}", help="JSON join payload")
     p.add_argument("--event", default="ping", help="rtt: event to push; fanout: event the publisher pushes")
     p.add_argument("--payload", default='{"body": "{marker}"}', help="fanout: JSON payload template with {marker}")
@@ -60,6 +73,10 @@ def config_from_args(ns: argparse.Namespace) -> Config:
             raise ValueError(f"--param needs K=V, got {kv!r}")
         params[k] = v
     join_params: Any = json.loads(ns.join_params)
+    secret = ns.token_secret
+    if ns.secret_file:
+        with open(ns.secret_file, encoding="utf-8") as f:
+            secret = f.read().strip()
     cfg = Config(
         scenario=ns.scenario,
         url=ns.url,
@@ -68,6 +85,18 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         source_ips=ns.source_ips,
         token=ns.token,
         auth_token=ns.auth_token,
+        source_base=ns.source_base,
+        token_secret=secret,
+        user=ns.user,
+        device=ns.device,
+        token_ttl=ns.token_ttl,
+        publisher_user=ns.publisher_user,
+        publish_topic=ns.publish_topic,
+        groups_file=ns.groups_file,
+        group_size=ns.group_size,
+        request_payload=ns.request_payload,
+        drop_fraction=ns.drop_fraction,
+        reconnect_rate=ns.reconnect_rate,
         params=params,
         topic=ns.topic,
         join_params=join_params,
@@ -90,6 +119,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         out=ns.out,
         plot=ns.plot,
     )
+    cfg.load_groups()
     cfg.validate()
     return cfg
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-SCENARIOS = ("connect", "hold", "fanout", "rtt")
+SCENARIOS = ("connect", "hold", "fanout", "rtt", "chat", "reconnect")
+SECRET_ENV = "LOADTEST_TOKEN_SECRET"  # how the parent hands the HS256 secret to its workers (not argv)
+MAX_SOURCE_IPS = 65_000
 MAX_SOCKETS_PER_PROC = 15_000  # the per-process open-file limit is 20,000
 MARKER_PLACEHOLDER = "{marker}"
 
@@ -19,18 +23,31 @@ class Config:
     url: str = "ws://127.0.0.1:4000/socket"  # the socket base, as given to phoenix.js
     connections: int = 100  # connect: storm size; hold: idle connections; fanout: subscribers; rtt: C
     procs: int = 1
-    source_ips: int = 8  # spread connections over 127.0.0.1 .. 127.0.0.N (0: no explicit bind)
+    source_ips: int = 8  # spread connections over N loopback addresses from source_base on (0: no explicit bind)
+    source_base: int = 0  # the first source address is 127.0.0.1 + source_base (shift it between runs: per-IP limits)
     token: str | None = None  # query parameter `token`
     auth_token: str | None = None  # phoenix.js-style `authToken` (Sec-WebSocket-Protocol)
     params: dict[str, str] = field(default_factory=dict)  # more query parameters
-    topic: str = "room:lobby"  # `{i}` is replaced by the connection index
+    token_secret: str | None = None  # HS256 secret: mint one token per connection (sub, device_id, exp)
+    user: str = "lt-u{i}"  # minted tokens' sub; {i} = connection index
+    device: str = "lt-d{i}"  # minted tokens' device_id
+    token_ttl: float = 3600.0
+    publish_topic: str | None = None  # fanout: the topic the publisher joins and pushes to (default: topic of 0)
+    publisher_user: str = "lt-pub"  # fanout: the publisher's sub (and device) with minted tokens
+    groups_file: str | None = None  # JSON written by `python -m loadtest.seed`: the conversation of each index
+    group_size: int = 10  # chat/reconnect/{conv}: connections i .. share conversation i // group_size
+    conversations: list[str] = field(default_factory=list)  # read from groups_file
+    request_payload: str = '{"n": {n}}'  # rtt: JSON template; {n} = request number, {marker} = unique id
+    drop_fraction: float = 0.5  # reconnect: share of each conversation's members that drop
+    reconnect_rate: float | None = None  # reconnect: the storm's connects per second (default: rate)
+    topic: str = "room:lobby"  # `{i}` connection index, `{user}` its user, `{conv}` its conversation id
     join_params: dict[str, Any] = field(default_factory=dict)
     event: str = "ping"  # rtt: the pushed event; fanout: the event the publisher pushes
     payload: str = '{"body": "{marker}"}'  # JSON template; {marker} carries seq and send time
     rate: float = 500.0  # connects per second (all processes together)
-    msg_rate: float = 10.0  # fanout: messages per second
+    msg_rate: float = 10.0  # fanout: messages per second; chat/reconnect: aggregate send_message per second
     count: int = 0  # fanout: messages to publish; rtt: total requests (0: bounded by --duration only)
-    duration: float = 10.0  # the measured phase (s): hold time / max publishing time / rtt run time
+    duration: float = 10.0  # measured phase (s): hold / publishing / rtt / chat sending / reconnect outage
     ramp_timeout: float | None = None  # how long the connect phase may take (default: N/rate + 10 s)
     drain: float = 5.0  # fanout: how long to wait for deliveries after the last send
     connect_timeout: float = 10.0  # per connection: TCP + upgrade + join
@@ -47,6 +64,25 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
+    def for_worker(self) -> str:
+        """The JSON given to workers on their command line: without the secret (that goes by environment)."""
+        d = {**dataclasses.asdict(self), "token_secret": None}
+        if self.groups_file:
+            d["conversations"] = []  # the worker reads the file itself (argv stays small)
+        return json.dumps(d)
+
+    def load_groups(self) -> None:
+        """Read `groups_file` (if any) into `group_size` and `conversations`."""
+        if self.groups_file and not self.conversations:
+            with open(self.groups_file, encoding="utf-8") as f:
+                data = json.load(f)
+            self.group_size = int(data["group_size"])
+            self.conversations = [str(c) for c in data["conversations"]]
+
+    def secret_from_env(self) -> None:
+        if self.token_secret is None and os.environ.get(SECRET_ENV):
+            self.token_secret = os.environ[SECRET_ENV]
+
     @classmethod
     def from_json(cls, text: str) -> Config:
         return cls(**json.loads(text))
@@ -62,12 +98,13 @@ class Config:
         parts = urlsplit(self.url)
         return parts.port or (443 if parts.scheme == "wss" else 80)
 
-    def target(self) -> str:
+    def target(self, token: str | None = None) -> str:
         """The request target: `<base path>/websocket?...&vsn=2.0.0` (what phoenix.js sends)."""
         parts = urlsplit(self.url)
         query: dict[str, str] = dict(self.params)
-        if self.token is not None:
-            query["token"] = self.token
+        token = token if token is not None else self.token
+        if token is not None:
+            query["token"] = token
         query["vsn"] = "2.0.0"
         return f"{parts.path.rstrip('/')}/websocket?{urlencode(query)}"
 
@@ -79,8 +116,29 @@ class Config:
         b64 = base64.b64encode(self.auth_token.encode()).decode().rstrip("=")
         return ("phoenix", "base64url.bearer.phx." + b64)
 
+    def user_for(self, i: int) -> str:
+        return self.user.replace("{i}", str(i))
+
+    def device_for(self, i: int) -> str:
+        return self.device.replace("{i}", str(i))
+
+    def conv_for(self, i: int) -> str:
+        g = i // self.group_size
+        if not self.conversations:
+            return str(g)
+        if g >= len(self.conversations):
+            raise ValueError(f"connection {i} has no conversation: the groups file has {len(self.conversations)}")
+        return self.conversations[g]
+
     def topic_for(self, i: int) -> str:
-        return self.topic.replace("{i}", str(i))
+        t = self.topic.replace("{i}", str(i)).replace("{user}", self.user_for(i))
+        return t.replace("{conv}", self.conv_for(i)) if "{conv}" in t else t
+
+    def topics_for(self, i: int) -> list[str]:
+        """What connection i joins: chat/reconnect join `user:<id>` and `conversation:<id>`."""
+        if self.scenario in ("chat", "reconnect"):
+            return [f"user:{self.user_for(i)}", f"conversation:{self.conv_for(i)}"]
+        return [self.topic_for(i)]
 
     def effective_ramp_timeout(self) -> float:
         if self.ramp_timeout is not None:
@@ -102,8 +160,23 @@ class Config:
             raise ValueError(
                 f"{per_proc} sockets per process is over {MAX_SOCKETS_PER_PROC}: use --procs {need} or more"
             )
-        if not 0 <= self.source_ips <= 254:
-            raise ValueError("--source-ips must be between 0 and 254")
+        if not 0 <= self.source_ips <= MAX_SOURCE_IPS or not 0 <= self.source_base <= 16_000_000:
+            raise ValueError(f"--source-ips must be between 0 and {MAX_SOURCE_IPS}")
+        if self.scenario in ("chat", "reconnect"):
+            if self.token_secret is None:
+                raise ValueError(f"{self.scenario} needs per-user tokens: --token-secret or --secret-file")
+            if self.group_size < 2 or self.connections % self.group_size:
+                raise ValueError(f"{self.scenario}: -n must be a multiple of the group size ({self.group_size}, ≥ 2)")
+            if self.procs > 1 and (self.connections // self.group_size) % self.procs:
+                raise ValueError(
+                    f"{self.scenario}: the {self.connections // self.group_size} conversations must split evenly over --procs"
+                )
+        if not 0 <= self.drop_fraction <= 1:
+            raise ValueError("--drop-fraction must be within 0..1")
+        if self.conversations and -(-self.connections // self.group_size) > len(self.conversations):
+            raise ValueError(
+                f"the groups file has {len(self.conversations)} conversations: too few for -n {self.connections}"
+            )
         if self.duration <= 0 or self.rate <= 0 or self.msg_rate <= 0:
             raise ValueError("--duration, --rate and --msg-rate must be positive")
         if self.scenario == "fanout" and MARKER_PLACEHOLDER not in (
@@ -122,4 +195,10 @@ class Config:
         return out
 
     def source_for(self, i: int) -> str | None:
-        return None if self.source_ips == 0 else f"127.0.0.{1 + i % self.source_ips}"
+        if self.source_ips == 0:
+            return None
+        return self.source_addr(i % self.source_ips)
+
+    def source_addr(self, k: int) -> str:
+        """The k-th source address: 127.0.0.1 + source_base + k (all of 127.0.0.0/8 is loopback)."""
+        return str(ipaddress.IPv4Address("127.0.0.1") + self.source_base + k)

@@ -24,9 +24,11 @@ def write_jsonl(path: str, cfg: Config, summary: dict[str, Any]) -> None:
 
 def _config(cfg: Config) -> dict[str, Any]:
     d: dict[str, Any] = json.loads(cfg.to_json())
-    for secret in ("token", "auth_token"):
+    for secret in ("token", "auth_token", "token_secret"):
         if d.get(secret):
             d[secret] = "<redacted>"
+    if len(d.get("conversations") or []) > 3:
+        d["conversations"] = [*d["conversations"][:3], f"... {len(d['conversations'])} in all"]
     d["trigger_headers"] = [h.split(":", 1)[0] + ": <redacted>" for h in d.get("trigger_headers", [])]
     return d
 

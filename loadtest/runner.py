@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from loadtest.config import MARKER_PLACEHOLDER, Config
+from loadtest.config import MARKER_PLACEHOLDER, SECRET_ENV, Config
 from loadtest.stats import Histogram, ServerProbe, Windows
 from loadtest.wsclient import ConnectionClosed, WsClient
 
@@ -60,9 +61,12 @@ class Run:
     # --- workers -------------------------------------------------------------------------------
 
     async def _start_worker(self, nursery: trio.Nursery, index: int, first: int, n: int) -> WorkerHandle:
-        cmd = [sys.executable, "-m", "loadtest.worker", self.cfg.to_json(), str(index), str(first), str(n)]
+        cmd = [sys.executable, "-m", "loadtest.worker", self.cfg.for_worker(), str(index), str(first), str(n)]
+        env = dict(os.environ)
+        if self.cfg.token_secret is not None:
+            env[SECRET_ENV] = self.cfg.token_secret
         proc = await trio.lowlevel.open_process(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
         )
         handle = WorkerHandle(index, n, proc)
         nursery.start_soon(self._read_worker, handle)
@@ -132,8 +136,9 @@ class Run:
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
         rss0, cpu0 = self.probe.rss(), self.probe.cpu()
+        wait0 = self.probe.wait()
         summary: dict[str, Any] = {}
-        hard_limit = cfg.effective_ramp_timeout() + cfg.duration + cfg.drain + 30.0
+        hard_limit = 2 * cfg.effective_ramp_timeout() + cfg.duration + 2 * cfg.drain + 40.0
         try:
             with trio.fail_after(hard_limit):
                 await self._phases(summary, rss0, cpu0)
@@ -143,6 +148,9 @@ class Run:
             for w in self.workers:
                 if w.proc.returncode is None:
                     w.proc.kill()
+        # how long the server was runnable but had no CPU (another process on its core)
+        summary["server_runqueue_wait_s"] = _delta(wait0, self.probe.wait())
+        summary["run_wall_s"] = round(time.monotonic() - self.t0, 3)
         return self._aggregate(summary)
 
     async def _phases(self, summary: dict[str, Any], rss0: int | None, cpu0: float | None) -> None:
@@ -177,6 +185,16 @@ class Run:
             elif cfg.scenario == "fanout":
                 summary.update(await self._fanout(nursery))
                 await self._broadcast("stop")
+            elif cfg.scenario in ("chat", "reconnect"):
+                cpu_a = self.probe.cpu()
+                t_a = time.monotonic()
+                self.phase = "send" if cfg.scenario == "chat" else "outage"
+                await self._broadcast("go")
+                await self._all("done", cfg.effective_ramp_timeout() + cfg.duration + 2 * cfg.drain + 10.0)
+                summary.update(
+                    measure_s=round(time.monotonic() - t_a, 3), server_cpu_measure_s=_delta(cpu_a, self.probe.cpu())
+                )
+                await self._broadcast("stop")
             elif cfg.scenario == "rtt":
                 cpu_a = self.probe.cpu()
                 t_a = time.monotonic()
@@ -197,12 +215,18 @@ class Run:
         subscribers = self.total("joined")
         limit = cfg.count if cfg.count else int(cfg.duration * cfg.msg_rate)
         publisher: WsClient | None = None
-        topic = cfg.topic_for(0)
+        topic = cfg.topic_for(0) if cfg.publish_topic is None else cfg.publish_topic.replace("{conv}", cfg.conv_for(0))
         pub_scope = trio.CancelScope()
         if cfg.trigger_url is None:
+            token = None
+            if cfg.token_secret is not None:
+                from loadtest.worker import mint
+
+                token = mint(cfg, cfg.publisher_user, cfg.publisher_user)
+            source = cfg.source_addr(cfg.source_ips) if cfg.source_ips else None  # past the subscribers' range
             with trio.fail_after(cfg.connect_timeout):
                 publisher = await WsClient.connect(
-                    cfg.host, cfg.port, cfg.target(), subprotocols=cfg.subprotocols(), source="127.0.0.1"
+                    cfg.host, cfg.port, cfg.target(token), subprotocols=cfg.subprotocols(), source=source
                 )
                 await publisher.send_text(json.dumps(["1", "1", topic, "phx_join", cfg.join_params]).encode())
                 while True:
@@ -260,6 +284,8 @@ class Run:
         failures: Counter[str] = Counter()
         stats: Counter[str] = Counter()
         rss_client = 0
+        client_cpu: float | None = None
+        extras: list[dict[str, Any]] = []
         first_wall: float | None = None
         last_wall: float | None = None
         errors: list[str] = []
@@ -282,6 +308,9 @@ class Run:
             windows.merge(Windows.from_json(r["windows"]))
             failures.update(r["failures"])
             stats.update(r["stats"])
+            if r.get("client_cpu_measure_s") is not None:
+                client_cpu = (client_cpu or 0.0) + r["client_cpu_measure_s"]
+            extras.append(r.get("extra") or {})
             if r["rss_ready_kib"] is not None:
                 rss_client += r["rss_ready_kib"] - r["rss_start_kib"]
             if r["first_event_wall"] is not None:
@@ -302,6 +331,7 @@ class Run:
             "dropped": stats["dropped"],
             "failures": dict(failures),
             "client_kib_per_conn": round(rss_client / joined, 2) if joined else None,
+            "client_cpu_measure_s": None if client_cpu is None else round(client_cpu, 3),
         }
         out.update(summary)
         for name in ("tcp", "upgrade", "join"):
@@ -330,6 +360,7 @@ class Run:
                 duplicates_or_reordered=dups,
                 lost=expected - (received - dups),
                 loss_rate=round((expected - (received - dups)) / expected, 6) if expected else None,
+                stale_markers=stats["stale_markers"],
                 deliveries_per_s=_rate(received, summary.pop("first_send_wall", None), last_wall),
                 latency=hists.get("delivery", Histogram()).summary_ms(),
                 server_cpu_us_per_delivery=_per(cpu, received),
@@ -345,8 +376,62 @@ class Run:
                 latency=hists.get("rtt", Histogram()).summary_ms(),
                 server_cpu_us_per_request=_per(cpu, replies),
             )
+        elif cfg.scenario in ("chat", "reconnect"):
+            out.update(_chat_summary(cfg, stats, hists, extras, cpu))
         out["windows"] = _windows(windows)
         return out
+
+
+def _chat_summary(
+    cfg: Config, stats: Counter[str], hists: dict[str, Histogram], extras: list[dict[str, Any]], cpu: float | None
+) -> dict[str, Any]:
+    def total(key: str) -> int:
+        return sum(int(e.get(key) or 0) for e in extras)
+
+    def wall(key: str, pick: Any) -> float | None:
+        values = [e[key] for e in extras if e.get(key) is not None]
+        return pick(values) if values else None
+
+    acked = stats["acked"]
+    first_send, last_ack = wall("first_send_wall", min), wall("last_ack_wall", max)
+    out: dict[str, Any] = {
+        "conversations": cfg.connections // cfg.group_size,
+        "target_msg_rate": cfg.msg_rate,
+        "sent": stats["sent"],
+        "acked": acked,
+        "acked_duplicate": stats["acked_duplicate"],
+        "send_errors": stats["send_errors"],
+        "send_error_kinds": {k.removeprefix("send_error_"): v for k, v in stats.items() if k.startswith("send_error_")},
+        "unacked": total("unacked"),
+        "acked_per_s": _rate(acked, first_send, last_ack),
+        "ack_latency": hists.get("ack", Histogram()).summary_ms(),
+        "delivered": stats["received"],
+        "lost": total("lost"),
+        "duplicates": stats["duplicates"],
+        "conv_seq_gaps": stats["conv_seq_gaps"],
+        "conv_seq_repeated": stats["conv_seq_repeated"],
+        "user_deliveries": stats["user_deliveries"],
+        "delivery_latency": hists.get("delivery", Histogram()).summary_ms(),
+        "delivery_all_members_latency": hists.get("delivery_all", Histogram()).summary_ms(),
+        "server_cpu_us_per_ack": _per(cpu, acked),
+        "server_cpu_us_per_delivery": _per(cpu, stats["received"] + stats["user_deliveries"]),
+    }
+    if cfg.scenario == "reconnect":
+        storm, last_caught = wall("storm_wall", min), wall("last_caught_wall", max)
+        out.update(
+            dropped=stats["dropped_on_purpose"],
+            rejoined=stats["rejoined"],
+            caught_up=stats["caught_up"],
+            not_rejoined=total("not_rejoined"),
+            replayed=stats["replayed"],
+            missing_conv=total("missing_conv"),
+            missing_user=total("missing_user"),
+            user_seq_repeated=stats["user_seq_repeated"],
+            rejoin_time=hists.get("rejoin", Histogram()).summary_ms(),
+            catchup_time=hists.get("catchup", Histogram()).summary_ms(),
+            all_caught_up_s=None if storm is None or last_caught is None else round(last_caught - storm, 3),
+        )
+    return out
 
 
 def _delta(a: float | None, b: float | None) -> float | None:

@@ -147,6 +147,21 @@ def proc_rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def proc_runqueue_wait_seconds(pid: int) -> float:
+    """Time the threads of `pid` spent runnable but waiting for a CPU (schedstat field 2), in seconds.
+
+    Tells whether the server under test was starved by other load on its core (shared machines).
+    """
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 @dataclass
 class ServerProbe:
     """Reads CPU and RSS of the server process, or nothing when no pid was given."""
@@ -158,3 +173,11 @@ class ServerProbe:
 
     def rss(self) -> int | None:
         return None if self.pid is None else proc_rss_kib(self.pid)
+
+    def wait(self) -> float | None:
+        if self.pid is None:
+            return None
+        try:
+            return proc_runqueue_wait_seconds(self.pid)
+        except OSError:
+            return None

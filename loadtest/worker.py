@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import jwt
 import trio
 
 from loadtest.config import Config
@@ -45,6 +46,9 @@ class Worker:
         self.index = index
         self.ids = range(first, first + n)
         self.target = cfg.target()
+        self.cpu_ready: float | None = None
+        self.started_ns = time.time_ns()
+        self.cpu_done: float | None = None
         self.subprotocols = cfg.subprotocols()
         self.stats: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
@@ -79,36 +83,65 @@ class Worker:
 
     # --- connections ---------------------------------------------------------------------------
 
-    async def open(self, i: int) -> tuple[WsClient, str, str]:
-        """Connect, upgrade and join; records the phase latencies. Raises on failure."""
+    def token_for(self, i: int) -> str | None:
+        """A per-connection HS256 token (sub, device_id, iat, exp) when a secret is configured."""
+        cfg = self.cfg
+        if cfg.token_secret is None:
+            return None
+        return mint(cfg, cfg.user_for(i), cfg.device_for(i))
+
+    async def open(
+        self,
+        i: int,
+        join_params: list[dict[str, Any]] | None = None,
+        replies: list[dict[str, Any]] | None = None,
+        early: list[bytes] | None = None,
+        record: bool = True,
+    ) -> tuple[WsClient, str, str]:
+        """Connect, upgrade and join every topic of connection i; records the phase latencies.
+
+        Returns the socket, the first topic and its join ref. `replies` gets each join's reply
+        payload; `early` gets the frames that arrived before the last join reply (replays).
+        Raises on failure.
+        """
         cfg = self.cfg
         t0 = trio.current_time()
         tcp: list[float] = []
+        token = self.token_for(i)
+        target = self.target if token is None else cfg.target(token)
         with trio.fail_after(cfg.connect_timeout):
             ws = await WsClient.connect(
-                cfg.host, cfg.port, self.target, source=cfg.source_for(i), subprotocols=self.subprotocols, on_tcp=tcp
+                cfg.host, cfg.port, target, source=cfg.source_for(i), subprotocols=self.subprotocols, on_tcp=tcp
             )
             try:
                 t_up = trio.current_time()
-                topic = cfg.topic_for(i)
-                join_ref = "1"
-                await ws.send_text(json.dumps([join_ref, join_ref, topic, "phx_join", cfg.join_params]).encode())
-                while True:
-                    msg = json.loads(await ws.recv())
-                    if msg[1] == join_ref and msg[3] == "phx_reply":
-                        break
+                topics = cfg.topics_for(i)
+                for k, topic in enumerate(topics):
+                    join_ref = str(k + 1)
+                    params = cfg.join_params if join_params is None else join_params[k]
+                    await ws.send_text(json.dumps([join_ref, join_ref, topic, "phx_join", params]).encode())
+                    while True:
+                        raw = await ws.recv()
+                        msg = json.loads(raw)
+                        if msg[1] == join_ref and msg[3] == "phx_reply":
+                            break
+                        if early is not None:  # a replay or presence frame before the join reply
+                            early.append(raw)
+                    status = msg[4].get("status")
+                    if status != "ok":
+                        reason = (msg[4].get("response") or {}).get("reason", status)
+                        raise JoinRefused(str(reason))
+                    if replies is not None:
+                        replies.append(msg[4].get("response") or {})
                 t_join = trio.current_time()
-                status = msg[4].get("status")
-                if status != "ok":
-                    reason = (msg[4].get("response") or {}).get("reason", status)
-                    raise JoinRefused(str(reason))
             except BaseException:
                 ws.abort()
                 raise
-        self.h("tcp").add((tcp[0] - t0) * 1e6)
-        self.h("upgrade").add((t_up - t0) * 1e6)
-        self.h("join").add((t_join - t0) * 1e6)
-        return ws, topic, join_ref
+        if record:
+            self.h("tcp").add((tcp[0] - t0) * 1e6)
+            self.h("upgrade").add((t_up - t0) * 1e6)
+            self.h("join").add((t_join - t0) * 1e6)
+        return ws, topics[0], "1"
 
     def _tried(self) -> None:
         self.tried += 1
@@ -179,6 +212,9 @@ class Worker:
                 if m is not None:
                     now_ns = time.time_ns()
                     seq, sent_ns = int(m[1]), int(m[2])
+                    if sent_ns < self.started_ns:  # an earlier run's message (a replayed backlog)
+                        self.stats["stale_markers"] += 1
+                        continue
                     lat_us = (now_ns - sent_ns) / 1000.0
                     self.h("delivery").add(lat_us)
                     self.windows.add(now_ns / 1e9, lat_us)
@@ -202,6 +238,7 @@ class Worker:
         prefix = json.dumps([join_ref])[:-1] + ","
         ref = 1
         n = 0
+        template = cfg.request_payload
         while not self.stop.is_set():
             if cfg.count:
                 if self.budget <= 0:
@@ -209,7 +246,8 @@ class Worker:
                 self.budget -= 1
             ref += 1
             ref_s = str(ref)
-            frame = f'{prefix}"{ref_s}",{json.dumps(topic)},{json.dumps(cfg.event)},{{"n":{n}}}]'.encode()
+            body = template.replace("{n}", str(n)).replace("{marker}", f"lt-{self.index}-{n}-{time.time_ns()}")
+            frame = f'{prefix}"{ref_s}",{json.dumps(topic)},{json.dumps(cfg.event)},{body}]'.encode()
             n += 1
             t0 = time.perf_counter_ns()
             await ws.send_text(frame)
@@ -285,6 +323,8 @@ class Worker:
             base, extra = divmod(cfg.count, cfg.procs)
             self.budget = base + (1 if self.index < extra else 0)
         deadline = trio.current_time() + cfg.effective_ramp_timeout() + cfg.duration + cfg.drain + GRACE
+        if cfg.scenario in ("chat", "reconnect"):  # the drain twice, and the reconnect storm
+            deadline += cfg.effective_ramp_timeout() + cfg.drain
         with trio.move_on_at(deadline) as scope:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self.commands)
@@ -293,8 +333,15 @@ class Worker:
                     with trio.move_on_at(trio.current_time() + cfg.effective_ramp_timeout()):
                         await self.ramp(conns)
                     self.rss_ready = proc_rss_kib(os.getpid())
+                    self.cpu_ready = own_cpu_s()
                     self.emit({"type": "ready", **self.counters(), "rss_kib": self.rss_ready})
-                    if cfg.scenario == "rtt":
+                    if cfg.scenario in ("chat", "reconnect"):
+                        with trio.move_on_after(cfg.effective_ramp_timeout() + cfg.duration):
+                            await self.go.wait()
+                        await self.measured(conns)
+                        self.cpu_done = own_cpu_s()
+                        self.emit({"type": "done", **self.counters()})
+                    elif cfg.scenario == "rtt":
                         with trio.move_on_after(cfg.effective_ramp_timeout() + cfg.duration):
                             await self.go.wait()
                         with trio.move_on_after(cfg.duration):
@@ -304,15 +351,26 @@ class Worker:
                         with trio.move_on_after(cfg.request_timeout + 1.0):
                             if self.rtt_active:
                                 await self.rtt_finished.wait()
+                        self.cpu_done = own_cpu_s()
                         self.emit({"type": "done", **self.counters()})
                     await self.stop.wait()
                     conns.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
         if scope.cancelled_caught:
             self.failures["worker_deadline"] += 1
+        if self.cpu_done is None:
+            self.cpu_done = own_cpu_s()
         for ws in list(self.live):
             await ws.aclose(1000, within=0.05)
         self.emit(self.result())
+
+    async def measured(self, nursery: trio.Nursery) -> None:
+        """The measured phase of chat/reconnect (`loadtest.chat.ChatWorker`)."""
+        raise NotImplementedError
+
+    def extra(self) -> dict[str, Any]:
+        """Scenario-specific result fields (wall times, counts) merged by the runner."""
+        return {}
 
     def result(self) -> dict[str, Any]:
         return {
@@ -328,15 +386,37 @@ class Worker:
             "ramp_last_wall": self.ramp_last_wall,
             "first_event_wall": self.first_event_wall,
             "last_event_wall": self.last_event_wall,
+            "client_cpu_measure_s": None
+            if self.cpu_ready is None or self.cpu_done is None
+            else self.cpu_done - self.cpu_ready,
+            "extra": self.extra(),
         }
+
+
+def own_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def mint(cfg: Config, user: str, device: str) -> str:
+    now = int(time.time())
+    claims = {"sub": user, "device_id": device, "iat": now, "exp": now + int(cfg.token_ttl)}
+    return jwt.encode(claims, cfg.token_secret or "", algorithm="HS256")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     cfg = Config.from_json(args[0])
+    cfg.secret_from_env()
+    cfg.load_groups()
     index, first, n = int(args[1]), int(args[2]), int(args[3])
     raise_nofile_limit()
-    trio.run(Worker(cfg, index, first, n).run)
+    if cfg.scenario in ("chat", "reconnect"):
+        from loadtest.chat import ChatWorker
+
+        trio.run(ChatWorker(cfg, index, first, n).run)
+    else:
+        trio.run(Worker(cfg, index, first, n).run)
 
 
 if __name__ == "__main__":

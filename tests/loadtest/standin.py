@@ -5,6 +5,11 @@
 * `ping` → ok `{"pong": true}`; `noreply` → nothing; any other event on a joined topic → broadcast to
   the topic's subscribers (`[null, null, topic, event, payload]`, encoded once), then ok.
 * HTTP (separate port): `POST /broadcast/<topic>` with a JSON body → broadcast `new_message` → 202.
+* Whispr-like topics (for chat/reconnect): `conversation:<id>` join → ok `{"last_seq": head}`, then with
+  `{"last_seq": n}` the messages after n; `send_message` → ok `{message_id, seq, duplicate}`, then
+  `new_message` on the conversation and on `user:<member>` (with `inbox_seq`) of every user that ever
+  joined it. `user:<id>` join replays the user's inbox after `last_seq` (default 0). The token's JWT
+  payload is decoded (not verified) to know the user: `subs` records (sub, device_id) per connect.
 
 Run it alone (for manual load runs): `python -m tests.loadtest.standin --port 4100`.
 """
@@ -12,6 +17,7 @@ Run it alone (for manual load runs): `python -m tests.loadtest.standin --port 41
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import functools
 import json
@@ -21,6 +27,18 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+
+def _jwt_sub(token: str | None) -> tuple[str, str] | None:
+    """(sub, device_id) of a JWT, decoded without verification (the stand-in trusts the load generator)."""
+    if not token or token.count(".") != 2:
+        return None
+    try:
+        b64 = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)))
+        return str(claims["sub"]), str(claims["device_id"])
+    except (ValueError, KeyError):
+        return None
 
 
 @dataclass
@@ -33,6 +51,10 @@ class LoadStandIn:
     broadcasts: int = 0
     requests: int = 0
     subprotocols: list[list[str]] = field(default_factory=list)
+    subs: list[tuple[str, str]] = field(default_factory=list)
+    conv_log: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    conv_members: dict[str, set[str]] = field(default_factory=dict)
+    inbox: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -47,6 +69,9 @@ class LoadStandIn:
             return
         ws = await request.accept(subprotocol="phoenix" if "phoenix" in request.proposed_subprotocols else None)
         self.connects += 1
+        sub = _jwt_sub(query.get("token"))
+        if sub is not None:
+            self.subs.append(sub)
         joined: dict[str, str] = {}
         try:
             while True:
@@ -59,7 +84,9 @@ class LoadStandIn:
                         continue
                     joined[topic] = join_ref
                     self.topics.setdefault(topic, set()).add(ws)
-                    await self.reply(ws, join_ref, ref, topic, "ok", {})
+                    await self.join_whispr_topic(ws, join_ref, ref, topic, payload, sub)
+                elif event == "send_message" and topic.startswith("conversation:") and topic in joined:
+                    await self.send_message(ws, join_ref, ref, topic, payload, sub)
                 elif topic not in joined:
                     await self.reply(ws, None, ref, topic, "error", {"reason": "unmatched topic"})
                 elif event == "ping":
@@ -76,12 +103,49 @@ class LoadStandIn:
             for topic in joined:
                 self.topics[topic].discard(ws)
 
+    async def join_whispr_topic(
+        self, ws: WebSocketConnection, join_ref: Any, ref: Any, topic: str, params: Any, sub: Any
+    ) -> None:
+        after = params.get("last_seq") if isinstance(params, dict) else None
+        if topic.startswith("conversation:"):
+            log = self.conv_log.setdefault(topic, [])
+            if sub is not None:
+                self.conv_members.setdefault(topic, set()).add(sub[0])
+            await self.reply(ws, join_ref, ref, topic, "ok", {"last_seq": len(log)})
+            backlog = log[after:] if isinstance(after, int) else []
+        elif topic.startswith("user:"):
+            await self.reply(ws, join_ref, ref, topic, "ok", {"recovered": True})
+            box = self.inbox.setdefault(topic[len("user:") :], [])
+            backlog = box[after if isinstance(after, int) else 0 :]
+        else:
+            await self.reply(ws, join_ref, ref, topic, "ok", {})
+            return
+        for m in backlog:
+            await ws.send_message(json.dumps([join_ref, None, topic, "new_message", m], separators=(",", ":")))
+
+    async def send_message(
+        self, ws: WebSocketConnection, join_ref: Any, ref: Any, topic: str, payload: Any, sub: Any
+    ) -> None:
+        log = self.conv_log.setdefault(topic, [])
+        msg = {"id": f"m{topic}-{len(log) + 1}", "seq": len(log) + 1, "sender_id": sub[0] if sub else None}
+        msg.update(client_message_id=payload["client_message_id"], content=payload.get("content", ""))
+        log.append(msg)
+        await self.reply(
+            ws, join_ref, ref, topic, "ok", {"message_id": msg["id"], "seq": msg["seq"], "duplicate": False}
+        )
+        await self.broadcast(topic, "new_message", msg)
+        for user in sorted(self.conv_members.get(topic, ())):
+            box = self.inbox.setdefault(user, [])
+            box.append({**msg, "inbox_seq": len(box) + 1})
+            await self.broadcast(f"user:{user}", "new_message", box[-1])
+
     async def reply(self, ws: WebSocketConnection, join_ref: Any, ref: Any, topic: str, status: str, resp: Any) -> None:
-        await ws.send_message(json.dumps([join_ref, ref, topic, "phx_reply", {"status": status, "response": resp}]))
+        frame = [join_ref, ref, topic, "phx_reply", {"status": status, "response": resp}]
+        await ws.send_message(json.dumps(frame, separators=(",", ":")))
 
     async def broadcast(self, topic: str, event: str, payload: Any) -> None:
         self.broadcasts += 1
-        text = json.dumps([None, None, topic, event, payload])  # encoded once for everyone
+        text = json.dumps([None, None, topic, event, payload], separators=(",", ":"))  # encoded once
         for sub in list(self.topics.get(topic, ())):
             with contextlib.suppress(ConnectionClosed):
                 await sub.send_message(text)

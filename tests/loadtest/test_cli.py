@@ -99,3 +99,31 @@ def test_cli_rejects_bad_configuration(capsys: pytest.CaptureFixture[str]) -> No
         main(["hold", "-n", "40000", "--procs", "2"])
     assert info.value.code == 2
     assert "--procs 3" in capsys.readouterr().err
+
+
+def test_secret_file_mints_per_user_tokens_and_is_redacted(tmp_path: Path) -> None:
+    import jwt
+
+    from loadtest.cli import build_parser, config_from_args
+    from loadtest.report import write_jsonl
+    from loadtest.worker import Worker
+
+    secret = "s" * 40
+    (tmp_path / "secret").write_text(secret + "\n")
+    groups = tmp_path / "groups.json"
+    groups.write_text(json.dumps({"group_size": 10, "users": [], "conversations": ["c0", "c1"]}))
+    ns = build_parser().parse_args(
+        ["chat", "-n", "20", "--secret-file", str(tmp_path / "secret"), "--groups-file", str(groups), "--user", "u{i}"]
+    )
+    cfg = config_from_args(ns)
+    assert cfg.token_secret == secret
+    assert cfg.topics_for(15) == ["user:u15", "conversation:c1"]
+    token = Worker(cfg, 0, 0, 20).token_for(7)
+    assert token is not None
+    claims = jwt.decode(token, secret, algorithms=["HS256"])
+    assert (claims["sub"], claims["device_id"]) == ("u7", "lt-d7")
+    assert claims["exp"] > claims["iat"]
+    out = tmp_path / "run.jsonl"
+    write_jsonl(str(out), cfg, {"type": "summary"})
+    assert secret not in out.read_text()
+    assert secret not in cfg.for_worker()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from typing import Any
 
@@ -177,3 +178,85 @@ def test_config_validation() -> None:
 async def test_missing_server_pid_is_a_clear_error(standin: LoadStandIn) -> None:
     with pytest.raises(LoadtestError, match="/proc/999999999"):
         await run(config(standin, "hold", server_pid=999_999_999))
+
+
+SECRET = "loadtest-secret-of-at-least-32-bytes!!"
+
+
+async def test_chat_counts_acks_deliveries_and_per_user_tokens(standin: LoadStandIn) -> None:
+    cfg = config(
+        standin,
+        "chat",
+        connections=40,
+        procs=2,
+        source_ips=300,
+        source_base=250,
+        token_secret=SECRET,
+        user="cu{i}",
+        device="cd{i}",
+        group_size=10,
+        msg_rate=80.0,
+        duration=1.0,
+        drain=3.0,
+    )
+    summary, progress = await run_quietly(cfg)
+    assert summary["joined"] == 40
+    assert summary["conversations"] == 4
+    assert summary["sent"] == summary["acked"] > 0
+    assert summary["send_errors"] == summary["unacked"] == 0
+    assert summary["lost"] == 0
+    assert summary["duplicates"] == 0
+    assert summary["conv_seq_gaps"] == 0
+    assert summary["delivered"] == 10 * summary["acked"]
+    assert summary["user_deliveries"] == 10 * summary["acked"]
+    assert summary["delivery_all_members_latency"]["count"] == summary["acked"]
+    assert summary["ack_latency"]["p50_ms"] <= summary["ack_latency"]["p99_ms"]
+    assert summary["acked_per_s"] is not None
+    assert summary["server_cpu_us_per_ack"] is not None
+    assert sorted(standin.subs) == sorted((f"cu{i}", f"cd{i}") for i in range(40))  # one token per user
+    assert "[chat]" in progress
+
+
+async def test_reconnect_rejoins_and_catches_up_without_gaps(standin: LoadStandIn) -> None:
+    cfg = config(
+        standin,
+        "reconnect",
+        connections=20,
+        token_secret=SECRET,
+        user="ru{i}",
+        device="rd{i}",
+        group_size=10,
+        drop_fraction=0.5,
+        msg_rate=40.0,
+        duration=1.0,
+        drain=3.0,
+    )
+    summary, _ = await run_quietly(cfg)
+    assert summary["dropped"] == 10
+    assert summary["rejoined"] == summary["caught_up"] == 10
+    assert summary["not_rejoined"] == summary["missing_conv"] == summary["missing_user"] == 0
+    assert summary["acked"] > 0
+    assert summary["lost"] == 0
+    assert summary["duplicates"] == 0
+    assert summary["replayed"] == 5 * summary["acked"]  # each dropped member gets each outage message once
+    assert summary["catchup_time"]["count"] == 10
+    assert summary["all_caught_up_s"] is not None
+    assert len(standin.subs) == 30  # 20 connects, then 10 reconnects
+
+
+def test_chat_configuration() -> None:
+    with pytest.raises(ValueError, match="--token-secret"):
+        Config(scenario="chat", connections=20).validate()
+    with pytest.raises(ValueError, match="multiple of the group size"):
+        Config(scenario="chat", connections=25, token_secret=SECRET).validate()
+    with pytest.raises(ValueError, match="split evenly"):
+        Config(scenario="chat", connections=30, procs=2, token_secret=SECRET).validate()
+    cfg = Config(scenario="chat", connections=20, token_secret=SECRET, user="u{i}", conversations=["a", "b"])
+    assert cfg.topics_for(13) == ["user:u13", "conversation:b"]
+    assert json.loads(cfg.for_worker())["token_secret"] is None
+    cfg = Config(scenario="hold", source_ips=1000, source_base=300)
+    assert cfg.source_for(5) == "127.0.1.50"
+    assert cfg.source_for(1005) == "127.0.1.50"
+    assert Config(scenario="rtt", topic="conversation:{conv}", group_size=1, conversations=["x", "y"]).topic_for(1) == (
+        "conversation:y"
+    )
