@@ -17,10 +17,10 @@ from tests.services import PostgresServer, RedisServer
 pytestmark = pytest.mark.integration
 
 
-async def test_two_nodes_see_each_other_through_redis(tmp_path: Path, redis: RedisServer) -> None:
+async def test_two_nodes_see_each_other_through_redis(tmp_path: Path, fresh_redis: RedisServer) -> None:
     async with (
-        running_node(tmp_path / "a", redis_url=redis.url, node_id="node-a") as a,
-        running_node(tmp_path / "b", redis_url=redis.url, node_id="node-b") as b,
+        running_node(tmp_path / "a", redis_url=fresh_redis.url, node_id="node-a") as a,
+        running_node(tmp_path / "b", redis_url=fresh_redis.url, node_id="node-b") as b,
     ):
         cluster_a, cluster_b = a.node.cluster, b.node.cluster
         assert cluster_a is not None
@@ -43,12 +43,12 @@ async def test_embedded_node_has_no_cluster(tmp_path: Path) -> None:
 
 
 async def test_a_message_posted_on_one_node_reaches_a_device_on_the_other(
-    tmp_path: Path, redis: RedisServer, postgres: PostgresServer
+    tmp_path: Path, fresh_redis: RedisServer, postgres: PostgresServer
 ) -> None:
     store_url = f"postgresql://postgres@127.0.0.1:{postgres.port}/whispr"
     async with (
-        running_node(tmp_path / "a", redis_url=redis.url, store_url=store_url, node_id="node-a") as a,
-        running_node(tmp_path / "b", redis_url=redis.url, store_url=store_url, node_id="node-b") as b,
+        running_node(tmp_path / "a", redis_url=fresh_redis.url, store_url=store_url, node_id="node-a") as a,
+        running_node(tmp_path / "b", redis_url=fresh_redis.url, store_url=store_url, node_id="node-b") as b,
     ):
         assert a.node.store is not None
         await a.add_user("alice")
@@ -90,12 +90,12 @@ async def test_a_message_posted_on_one_node_reaches_a_device_on_the_other(
 
 
 async def test_a_disconnect_and_a_device_reconnecting_elsewhere_reach_every_node(
-    tmp_path: Path, redis: RedisServer, postgres: PostgresServer
+    tmp_path: Path, fresh_redis: RedisServer, postgres: PostgresServer
 ) -> None:
     store_url = f"postgresql://postgres@127.0.0.1:{postgres.port}/whispr"
     async with (
-        running_node(tmp_path / "a", redis_url=redis.url, store_url=store_url, node_id="node-a") as a,
-        running_node(tmp_path / "b", redis_url=redis.url, store_url=store_url, node_id="node-b") as b,
+        running_node(tmp_path / "a", redis_url=fresh_redis.url, store_url=store_url, node_id="node-a") as a,
+        running_node(tmp_path / "b", redis_url=fresh_redis.url, store_url=store_url, node_id="node-b") as b,
     ):
         await a.add_user("bob")
         token = trio.lowlevel.current_trio_token()

@@ -44,12 +44,12 @@ async def _watch(nodes: list[RunningNode], users: list[str], found: dict[str, st
 
 
 async def test_phoenix_js_through_nginx_in_front_of_two_nodes(
-    tmp_path: Path, redis: RedisServer, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, fresh_redis: RedisServer, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     if not (JS_DIR / "node_modules" / "phoenix").is_dir():
         pytest.skip("phoenix.js harness not installed (npm ci in tests/js)")
     store_url = f"postgresql://postgres@127.0.0.1:{postgres.port}/whispr"
-    common = {"redis_url": redis.url, "store_url": store_url, "trusted_proxies": ("127.0.0.1/32",)}
+    common = {"redis_url": fresh_redis.url, "store_url": store_url, "trusted_proxies": ("127.0.0.1/32",)}
     async with (
         running_node(tmp_path / "a", node_id="nginx-a", **common) as a,
         running_node(tmp_path / "b", node_id="nginx-b", **common) as b,

@@ -50,13 +50,13 @@ async def _connected_nodes(serve: ServeProcess, count: int) -> set[str]:
 
 
 async def test_two_workers_share_the_port_restart_on_crash_and_drain_on_sigterm(
-    tmp_path: Path, redis: RedisServer, postgres: PostgresServer
+    tmp_path: Path, fresh_redis: RedisServer, postgres: PostgresServer
 ) -> None:
     store = f"postgresql://postgres@127.0.0.1:{postgres.port}/whispr"
     migrate = [sys.executable, "-m", "whispr", "migrate", "--store", store]
     await trio.run_process(migrate, capture_stdout=True)
     env = {"WHISPR_SHUTDOWN_GRACE": "10", "WHISPR_DRAIN_WINDOW": "1", **LIMITS}
-    args = ("--workers", "2", "--store", store, "--redis", redis.url, "--node-id", "gw")
+    args = ("--workers", "2", "--store", store, "--redis", fresh_redis.url, "--node-id", "gw")
     serve = ServeProcess(tmp_path / "gw", env, args)
     try:
         await trio.to_thread.run_sync(serve.wait_ready)
