@@ -9,6 +9,7 @@ import sys
 
 import trio
 
+from tests.adapters.store_helpers import append_message
 from whispr.adapters.sqlite_store import open_sqlite_store
 
 
@@ -17,8 +18,8 @@ async def main(path: str, conversation_id: str) -> None:
 
         async def sender(n: int) -> None:
             for i in range(10**9):
-                message, _ = await store.append_message(
-                    conversation_id, f"user{n}", "phone", f"{n}-{i}", "text", "x" * 100, {}, None
+                message, _ = await append_message(
+                    store, conversation_id, f"user{n}", "phone", f"{n}-{i}", "text", "x" * 100, {}, None
                 )
                 sys.stdout.write(f"{message.seq} {message.id}\n")
                 sys.stdout.flush()

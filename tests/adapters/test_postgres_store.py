@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from tests.adapters.conftest import postgres_url
+from tests.adapters.store_helpers import append_message
 from tests.services import postgres_server
 from whispr.adapters.aio import open_bridge
 from whispr.adapters.postgres_store import open_postgres_store
@@ -27,8 +28,16 @@ async def test_two_nodes_appending_at_once_keep_seqs_and_inboxes_gap_free(pg_url
         async def sender(node: int, n: int) -> None:
             store = (one, two)[node]
             for i in range(20):
-                message, _ = await store.append_message(
-                    conversations[(n + i) % 4], members[n % 4], f"node{node}", f"{node}-{n}-{i}", "text", "", {}, None
+                message, _ = await append_message(
+                    store,
+                    conversations[(n + i) % 4],
+                    members[n % 4],
+                    f"node{node}",
+                    f"{node}-{n}-{i}",
+                    "text",
+                    "",
+                    {},
+                    None,
                 )
                 acked.append(message)
 
@@ -64,8 +73,8 @@ async def test_a_crashed_server_fails_calls_promptly_and_loses_no_acked_message(
                 while not done.is_set():
                     key = f"{n}-{i}"
                     try:  # a client retries the same client_message_id until it gets an ok
-                        message, duplicate = await store.append_message(
-                            conversation, f"user{n}", "phone", key, "text", "", {}, None
+                        message, duplicate = await append_message(
+                            store, conversation, f"user{n}", "phone", key, "text", "", {}, None
                         )
                     except StoreUnavailable:
                         outcomes["unavailable"] += 1

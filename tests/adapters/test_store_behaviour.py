@@ -10,13 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.adapters.conftest import DAY, FakeClock
+from tests.adapters.store_helpers import append_message
 from whispr.adapters import migrate, open_store
 from whispr.adapters.aio import open_bridge
 from whispr.delivery.store import ConversationNotFound, Message, MessageStore
 
 
 async def send(store: MessageStore, conversation_id: str, sender: str, key: str, content: str = "hi") -> Message:
-    message, _ = await store.append_message(conversation_id, sender, f"{sender}-phone", key, "text", content, {}, None)
+    message, _ = await append_message(store, conversation_id, sender, f"{sender}-phone", key, "text", content, {}, None)
     return message
 
 
@@ -30,8 +31,8 @@ async def test_append_returns_the_stored_message(store: MessageStore, clock: Fak
     conversation = await store.create_conversation(["ann", "bob"])
     metadata = {"mentions": ["bob"], "nested": {"emoji": "😀", "n": 1.5}}
 
-    message, duplicate = await store.append_message(
-        conversation, "ann", "ann-phone", "c1", "text", "héllo", metadata, "m0"
+    message, duplicate = await append_message(
+        store, conversation, "ann", "ann-phone", "c1", "text", "héllo", metadata, "m0"
     )
 
     assert not duplicate
@@ -91,10 +92,10 @@ async def test_seq_is_gap_free_per_conversation_under_concurrent_appends(store: 
 
 async def test_a_retry_returns_the_original_and_stores_nothing(store: MessageStore) -> None:
     conversation = await store.create_conversation(["ann", "bob"])
-    first, first_dup = await store.append_message(conversation, "ann", "phone", "c1", "text", "one", {"a": 1}, None)
+    first, first_dup = await append_message(store, conversation, "ann", "phone", "c1", "text", "one", {"a": 1}, None)
     await send(store, conversation, "bob", "c1")  # same client_message_id, other sender: a new message
 
-    retry, retry_dup = await store.append_message(conversation, "ann", "laptop", "c1", "text", "changed", {}, "x")
+    retry, retry_dup = await append_message(store, conversation, "ann", "laptop", "c1", "text", "changed", {}, "x")
 
     assert not first_dup
     assert retry_dup
@@ -108,7 +109,7 @@ async def test_concurrent_duplicates_in_one_batch_store_one_message(store: Messa
     results: list[tuple[Message, bool]] = []
 
     async def attempt() -> None:
-        results.append(await store.append_message(conversation, "ann", "phone", "same", "text", "x", {}, None))
+        results.append(await append_message(store, conversation, "ann", "phone", "same", "text", "x", {}, None))
 
     async with trio.open_nursery() as nursery:
         for _ in range(20):
@@ -304,7 +305,7 @@ async def test_data_survives_reopening(store_url: str, clock: FakeClock) -> None
         async with open_store(store_url, clock=clock) as store:
             assert await history(store, conversation) == sent
             assert await store.cursor("bob", "phone") == 2
-            again, duplicate = await store.append_message(conversation, "ann", "x", "1", "text", "", {}, None)
+            again, duplicate = await append_message(store, conversation, "ann", "x", "1", "text", "", {}, None)
             assert (again, duplicate) == (sent[1], True)
             assert (await send(store, conversation, "ann", "3")).seq == 4
 
@@ -341,7 +342,7 @@ async def check_concurrent_appends_with_retries(store: MessageStore, plan: list[
     outcomes: dict[tuple[int, int, int], list[tuple[Message, bool]]] = defaultdict(list)
 
     async def attempt(c: int, s: int, k: int) -> None:
-        outcome = await store.append_message(conversations[c], f"u{s}", "d", f"k{k}", "text", "", {}, None)
+        outcome = await append_message(store, conversations[c], f"u{s}", "d", f"k{k}", "text", "", {}, None)
         outcomes[(c, s, k)].append(outcome)
 
     async with trio.open_nursery() as nursery:

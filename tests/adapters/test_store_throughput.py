@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.adapters.store_helpers import append_message
 from whispr.adapters.aio import open_bridge
 from whispr.adapters.postgres_store import open_postgres_store
 from whispr.adapters.sqlite_store import open_sqlite_store
@@ -32,7 +33,7 @@ async def measure(store: MessageStore, per_sender: int) -> str:
         conversation = conversations[n % CONVERSATIONS]
         for i in range(per_sender):
             started = time.perf_counter()
-            await store.append_message(conversation, f"u{n % 2}", "phone", f"{n}-{i}", "text", "x" * 100, {}, None)
+            await append_message(store, conversation, f"u{n % 2}", "phone", f"{n}-{i}", "text", "x" * 100, {}, None)
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()

@@ -245,23 +245,6 @@ class PostgresStore:
 
     # -- messages ---------------------------------------------------------------------------------
 
-    async def append_message(
-        self,
-        conversation_id: str,
-        sender_id: str,
-        sender_device_id: str,
-        client_message_id: str,
-        type: str,
-        content: str,
-        metadata: JSONObject,
-        reply_to: str | None,
-    ) -> tuple[Message, bool]:
-        """See `MessageStore.append_message`. Blocks until the batch holding it has committed."""
-        result = await self.append(
-            conversation_id, sender_id, sender_device_id, client_message_id, type, content, metadata, reply_to
-        )
-        return result.message, result.duplicate
-
     async def append(
         self,
         conversation_id: str,

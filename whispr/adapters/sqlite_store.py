@@ -3,7 +3,7 @@
 Rules:
 - One connection, used by one thread at a time: every call runs in `trio.to_thread.run_sync` under a
   `CapacityLimiter(1)`, so the Trio loop never blocks on SQLite and SQLite never sees two threads.
-- Appends are group-committed (`whispr.delivery.group_commit`): all `append_message` calls queued
+- Appends are group-committed (`whispr.delivery.group_commit`): all `append` calls queued
   while a batch commits form the next batch, stored in one `BEGIN IMMEDIATE … COMMIT`.
 - Durability: `journal_mode=WAL`, `synchronous=FULL`. A commit returns only after the WAL is
   fsynced, so an ack survives a process SIGKILL *and* an OS crash or power loss. (`NORMAL` would
@@ -283,23 +283,6 @@ class SQLiteStore:
             )
 
     # -- messages ---------------------------------------------------------------------------------
-
-    async def append_message(
-        self,
-        conversation_id: str,
-        sender_id: str,
-        sender_device_id: str,
-        client_message_id: str,
-        type: str,
-        content: str,
-        metadata: JSONObject,
-        reply_to: str | None,
-    ) -> tuple[Message, bool]:
-        """See `MessageStore.append_message`. Blocks until the batch holding it has committed."""
-        result = await self.append(
-            conversation_id, sender_id, sender_device_id, client_message_id, type, content, metadata, reply_to
-        )
-        return result.message, result.duplicate
 
     async def append(
         self,

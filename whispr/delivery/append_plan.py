@@ -25,7 +25,7 @@ Key = tuple[str, str, str]  # (conversation_id, sender_id, client_message_id)
 
 @dataclass(frozen=True, slots=True)
 class AppendRequest:
-    """One `append_message` call; `metadata_json` is the canonical JSON text that is stored."""
+    """One `append` call; `metadata_json` is the canonical JSON text that is stored."""
 
     conversation_id: str
     sender_id: str

@@ -6,13 +6,13 @@ The store is the source of truth for messages, membership and delivery cursors (
 one behavioural suite (tests/adapters/test_store_behaviour.py). This module imports no I/O library.
 
 Rules (contract.md §3-§4):
-- **Single write point.** `append_message` assigns the per-conversation `seq` inside the transaction
+- **Single write point.** `append` assigns the per-conversation `seq` inside the transaction
   that stores the message, under the conversation's lock: `seq` is gap-free and strictly increasing
   per conversation, and a `seq` is visible to readers only once every smaller one is.
-- **Ack means durable.** `append_message` returns only after the transaction has committed.
+- **Ack means durable.** `append` returns only after the transaction has committed.
 - **Idempotent sends.** (conversation_id, sender_id, client_message_id) is unique: a repeat returns
   the stored message with `duplicate=True` and changes nothing, whatever its other fields say.
-- **Group commit.** Concurrent `append_message` calls are committed together in one transaction;
+- **Group commit.** Concurrent `append` calls are committed together in one transaction;
   each caller still gets its own result or its own error.
 
 Theory of operation — the user inbox (the `user:` topic's `seq`):
@@ -168,33 +168,10 @@ class MessageStore(Protocol):
     """What the layers above call. Every method is async, runs without blocking the Trio loop
     and may raise `StoreUnavailable`. Ids are strings; seqs start at 1, and 0 means "nothing yet".
 
-    Cancellation: a cancelled call may or may not have taken effect. For `append_message` that is
+    Cancellation: a cancelled call may or may not have taken effect. For `append` that is
     safe by design: the client retries with the same `client_message_id` and gets `duplicate=True`
     if the first attempt committed.
     """
-
-    async def append_message(
-        self,
-        conversation_id: str,
-        sender_id: str,
-        sender_device_id: str,
-        client_message_id: str,
-        type: str,
-        content: str,
-        metadata: JSONObject,
-        reply_to: str | None,
-    ) -> tuple[Message, bool]:
-        """Store a message durably and return it with `duplicate`.
-
-        Returns `(message, False)` once the message is committed, or `(original, True)` if this
-        sender already sent `client_message_id` in this conversation. Membership is not checked
-        here (the channel does it); the sender needs no user row.
-
-        Raises:
-            ConversationNotFound: the conversation does not exist.
-            TypeError: `metadata` is not JSON-serialisable.
-        """
-        ...
 
     async def append(
         self,
@@ -207,11 +184,17 @@ class MessageStore(Protocol):
         metadata: JSONObject,
         reply_to: str | None,
     ) -> Appended:
-        """`append_message`, also returning the inbox seq each recipient got (`Appended.inbox`), so
-        that live delivery can hand `user:` entries over without reading them back.
+        """Store a message durably and return it (`Appended`).
+
+        Returns once the message is committed, with `duplicate` False and `inbox` the inbox seq each
+        recipient got (so live delivery hands `user:` entries over without reading them back); or the
+        original message with `duplicate` True if this sender already sent `client_message_id` in
+        this conversation. Membership is not checked here (the router does it); the sender needs no
+        user row.
 
         Raises:
-            As `append_message`.
+            ConversationNotFound: the conversation does not exist.
+            TypeError: `metadata` is not JSON-serialisable.
         """
         ...
 
