@@ -16,6 +16,7 @@ import math
 from typing import Any, NoReturn
 
 from .errors import ProtocolError
+from .message import Message
 
 _INVALID_JSON = "invalid JSON"
 
@@ -54,3 +55,23 @@ def dumps(value: Any) -> bytes:
         TypeError, ValueError: `value` holds something JSON cannot carry (a set, NaN, ...).
     """
     return _encoder.encode(value).encode("ascii")
+
+
+def message_from_fields(
+    join_ref: object, ref: object, topic: object, event: object, payload: object, error: str
+) -> Message:
+    """The inbound `Message` of decoded JSON fields: refs are strings or null, topic and event are
+    strings, the payload is an object (`Phoenix.Socket.Message.from_map!/1` and the V2 decoder).
+
+    Raises:
+        ProtocolError: `error`, when a field has another type.
+    """
+    if (
+        (join_ref is not None and type(join_ref) is not str)
+        or (ref is not None and type(ref) is not str)
+        or type(topic) is not str
+        or type(event) is not str
+        or type(payload) is not dict
+    ):
+        raise ProtocolError(error)
+    return Message(topic, event, payload, ref, join_ref)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._json import dumps, loads
+from ._json import dumps, loads, message_from_fields
 from .errors import CLOSE_UNSUPPORTED_DATA, ProtocolError
 from .message import PHX_REPLY, Broadcast, Message, Reply
 
@@ -40,16 +40,7 @@ class V1JSONSerializer:
             ref = value["ref"]
         except KeyError:
             raise ProtocolError(_BAD_OBJECT) from None
-        join_ref = value.get("join_ref")
-        if (
-            (join_ref is not None and type(join_ref) is not str)
-            or (ref is not None and type(ref) is not str)
-            or type(topic) is not str
-            or type(event) is not str
-            or type(payload) is not dict
-        ):
-            raise ProtocolError(_BAD_OBJECT)
-        return Message(topic, event, payload, ref, join_ref)
+        return message_from_fields(value.get("join_ref"), ref, topic, event, payload, _BAD_OBJECT)
 
     def encode(self, message: Message | Reply | Broadcast) -> bytes:
         """The JSON text of one frame.

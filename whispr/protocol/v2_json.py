@@ -4,7 +4,7 @@ in text frames, and the binary frames of protocol.md §2.3 when the payload is `
 
 from __future__ import annotations
 
-from ._json import dumps, loads
+from ._json import dumps, loads, message_from_fields
 from .errors import ProtocolError
 from .message import PHX_REPLY, Broadcast, Message, Payload, Reply
 
@@ -54,15 +54,7 @@ class V2JSONSerializer:
         if type(value) is not list or len(value) < 5:
             raise ProtocolError(_BAD_ARRAY)
         join_ref, ref, topic, event, payload = value[:5]
-        if (
-            (join_ref is not None and type(join_ref) is not str)
-            or (ref is not None and type(ref) is not str)
-            or type(topic) is not str
-            or type(event) is not str
-            or type(payload) is not dict
-        ):
-            raise ProtocolError(_BAD_ARRAY)
-        return Message(topic, event, payload, ref, join_ref)
+        return message_from_fields(join_ref, ref, topic, event, payload, _BAD_ARRAY)
 
     def encode(self, message: Message | Reply | Broadcast) -> bytes:
         """The bytes of one frame: JSON text, or a binary frame body when the payload is `bytes`.
