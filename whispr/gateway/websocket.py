@@ -156,12 +156,8 @@ class WebSocketConnection:
             return
         if self._outbox is None:
             if self._stream is None:
-                try:
-                    sent = self._sock.send(frame)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    self._abort()
+                sent = self._send_now(frame)
+                if sent is None:
                     return
                 if sent == len(frame):
                     return
@@ -301,18 +297,25 @@ class WebSocketConnection:
 
     # -- write path --------------------------------------------------------------------------
 
+    def _send_now(self, frame: bytes) -> int | None:
+        """Write what the kernel takes of `frame` without blocking: the bytes written (0 when the
+        socket would block), or None when the socket failed and the connection was aborted."""
+        try:
+            return self._sock.send(frame)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self._abort()
+            return None
+
     def _write_final(self, frame: bytes) -> None:
         """Write the close frame after everything queued, beyond the outbox bound."""
         if self._outbox is not None:
             self._outbox.push_final(frame)
             return
         if self._stream is None:
-            try:
-                sent = self._sock.send(frame)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._abort()
+            sent = self._send_now(frame)
+            if sent is None:
                 return
             if sent == len(frame):
                 self._close_frame_written()
