@@ -6,15 +6,20 @@ phoenix.js cannot say it, a raw WebSocket client) sees it on the wire.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import jwt
 import pytest
+import trio
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from tests.conformance.conftest import World
 from tests.conformance.support import PhoenixRaw, Refused, open_raw, recv_frames, run_js
-from tests.node import SECRET
+from tests.node import SECRET, running_node
 from tests.phoenix_js import events_of
 from whispr.security.tokens import TokenConfig, mint_token
 
@@ -204,9 +209,30 @@ async def test_07_heartbeats_answered_and_socket_stays_open(world: World) -> Non
 # -- 8. idle timeout -------------------------------------------------------------------------------
 
 
-@pytest.mark.skip(
-    reason="idle timeout is not configurable from Settings: WebSocketLimits.idle_timeout (90 s) is fixed by "
-    "whispr.app.endpoint_config(settings); a short one cannot be set on a running_node"
-)
-async def test_08_idle_socket_closed_with_4000(world: World) -> None:  # pragma: no cover
-    raise AssertionError("unreachable")
+async def test_08_idle_socket_closed_with_4000_and_heartbeats_keep_it_open(tmp_path: Path) -> None:
+    """protocol.md §10 item 8 / contract.md §1: nothing received for the idle timeout → close 4000
+    (never 1000); a client heartbeating more often than that stays open."""
+    async with running_node(tmp_path, idle_timeout=0.5) as node:
+        await node.add_user("alice")
+
+        def url(device: str) -> str:
+            return f"ws://127.0.0.1:{node.port}/socket/websocket?vsn=2.0.0&token={node.token('alice', device)}"
+
+        def idle() -> int | None:
+            with connect(url("phone"), open_timeout=10) as ws:
+                try:
+                    ws.recv(timeout=10)
+                except ConnectionClosed as exc:
+                    return exc.rcvd.code if exc.rcvd else None
+            return None
+
+        def heartbeating() -> int:
+            with connect(url("laptop"), open_timeout=10) as ws:
+                for n in range(8):  # 8 heartbeats 0.2 s apart: 1.6 s, three idle timeouts
+                    ws.send(json.dumps([None, str(n), "phoenix", "heartbeat", {}]))
+                    assert json.loads(ws.recv(timeout=10))[3] == "phx_reply"
+                    time.sleep(0.2)  # the client's own cadence, not synchronisation
+                return n + 1
+
+        assert await trio.to_thread.run_sync(idle) == 4000
+        assert await trio.to_thread.run_sync(heartbeating) == 8
