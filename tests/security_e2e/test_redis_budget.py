@@ -17,10 +17,13 @@ import redis as redis_sync
 import trio
 from websockets.exceptions import ConnectionClosed
 
-from tests.node import running_node
+from tests.drain.serve import ServeProcess
+from tests.node import SECRET, running_node
 from tests.security_e2e.client import TIMEOUT, Phx, in_thread
 from tests.security_e2e.conftest import start_control
-from tests.services import RedisServer
+from tests.services import PostgresServer, RedisServer
+from whispr.api.client import ApiClient
+from whispr.security.tokens import TokenConfig, mint_token
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +96,47 @@ async def test_two_nodes_share_one_message_budget(tmp_path: Path, fresh_redis: R
                 await in_thread(phx.close)
         await in_thread(control.check)
         await in_thread(control.close)
+
+
+@pytest.mark.slow
+async def test_two_node_processes_share_one_message_budget(
+    tmp_path: Path, fresh_redis: RedisServer, postgres: PostgresServer
+) -> None:
+    """The same budget with each node in its own `whispr serve` process (PostgreSQL store)."""
+    env = {
+        "WHISPR_REDIS_URL": fresh_redis.url,
+        "WHISPR_STORE_URL": f"postgresql://postgres@127.0.0.1:{postgres.port}/whispr",
+        "WHISPR_JWT_SECRET": SECRET,
+        "WHISPR_API_KEY": "test-api-key",
+        "WHISPR_LOG_LEVEL": "WARNING",
+    }
+    nodes = [ServeProcess(tmp_path / name, env, ("--node-id", name)) for name in ("p1", "p2")]
+    try:
+        for node in nodes:
+            await in_thread(node.wait_ready)
+        api = ApiClient(nodes[0].http_url, "test-api-key")
+        assert (await in_thread(api.set_active, "carol", True)).ok
+        created = await in_thread(api.create_conversation, ["carol", "dave"])
+        conversation_id = created.body["id"]
+        config = TokenConfig(secret=SECRET.encode())
+        sockets = [
+            await in_thread(Phx.connect, node.port, mint_token(config, "carol", device), source=source)
+            for node, device, source in zip(nodes, ("d1", "d2"), ("127.0.0.60", "127.0.0.61"), strict=True)
+        ]
+        for phx in sockets:
+            assert (await in_thread(phx.join, f"conversation:{conversation_id}"))["status"] == "ok"
+        started = time.time()
+        results: list[tuple[int, int, int | None]] = []
+
+        async def run(phx: Phx) -> None:
+            results.append(await in_thread(burst, phx, conversation_id))
+
+        async with trio.open_nursery() as nursery:
+            for phx in sockets:
+                nursery.start_soon(run, phx)
+        elapsed = time.time() - started
+    finally:
+        for node in nodes:
+            node.close()
+    accepted = sum(ok for ok, _, _ in results)
+    assert 100 <= accepted <= 100 + math.ceil(elapsed / 0.6), (results, elapsed)
