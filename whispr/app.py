@@ -100,7 +100,6 @@ class Node:
     guards: dict[str, SocketGuard] = field(default_factory=dict)
     endpoint: Endpoint | None = None
     address: tuple[str, int] | None = None
-    draining: bool = False
     drainer: Drainer | None = None  # the endpoint's socket tracker; drains on SIGTERM (whispr.gateway.drain)
     reuse_port: bool = False  # SO_REUSEPORT: `whispr serve --workers N` runs N nodes on one port
 
@@ -310,7 +309,6 @@ async def _endpoint_child(node: Node, *, task_status: trio.TaskStatus[tuple[str,
         node.address = await nursery.start(node.endpoint.serve)
         task_status.started(node.address)
         await stop.wait()
-        node.draining = True
         ready.drain()  # /ready fails first, then the sockets move (contract.md §6 1012)
         await drainer.drain()
         nursery.cancel_scope.cancel()
