@@ -2,58 +2,28 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from tests.jwt_factory import AUDIENCE, ISSUER, make_claims, sign_hs256
 from whispr.observability import telemetry
 from whispr.security.tokens import TokenConfig
 
 SECRET = b"0123456789abcdef0123456789abcdef-test-only"
-ISSUER = "https://auth.whispr.app"
-AUDIENCE = "whispr-gateway"
 
 Seen = list[tuple[str, dict[str, object]]]
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def claims(**overrides: Any) -> dict[str, Any]:
-    """Valid claims for the HS256 test config, expiring in an hour; `None` values are dropped."""
-    now = int(time.time())
-    base: dict[str, Any] = {
-        "sub": "alice",
-        "device_id": "phone-1",
-        "iat": now,
-        "exp": now + 3600,
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-    }
-    base.update(overrides)
-    return {key: value for key, value in base.items() if value is not None}
+    """Valid claims for the HS256 test config (device phone-1), expiring in an hour; `None` values are dropped."""
+    return make_claims("phone-1", overrides)
 
 
 def hs256(payload: dict[str, Any], key: bytes = SECRET, headers: dict[str, Any] | None = None) -> str:
-    return jwt.encode(payload, key, algorithm="HS256", headers=headers)
-
-
-def raw_token(header: dict[str, Any], payload: dict[str, Any], key: bytes | None) -> str:
-    """A token built by hand: HS256-signed with `key` as the HMAC secret, or unsigned when None."""
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
-    if key is None:
-        return signing_input + "."
-    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(signature)}"
+    return sign_hs256(payload, key, headers)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from tests.security.conftest import AUDIENCE, ISSUER, SECRET, claims, hs256, raw_token
+from tests.jwt_factory import raw_token
+from tests.security.conftest import AUDIENCE, ISSUER, SECRET, claims, hs256
 from whispr.security.tokens import (
     AuthError,
     TokenConfig,

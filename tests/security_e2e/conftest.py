@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 import trio
 import trio.testing
 
+from tests.jwt_factory import make_claims, sign_hs256
 from tests.node import SECRET, RunningNode, running_node
 from tests.security_e2e.client import CONTROL_IPS, ControlSet, Phx, in_thread
 from whispr.security.audit import AUDIT_LOGGER
-
-ISSUER = "https://auth.whispr.app"
-AUDIENCE = "whispr-gateway"
 
 
 @pytest.fixture
@@ -50,36 +42,13 @@ def audit_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == AUDIT_LOGGER]
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def claims(**overrides: Any) -> dict[str, Any]:
-    """Valid claims (issuer and audience of `ISSUER_NODE`), expiring in an hour; None drops a claim."""
-    now = int(time.time())
-    base: dict[str, Any] = {
-        "sub": "alice",
-        "device_id": "d1",
-        "iat": now,
-        "exp": now + 3600,
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-    }
-    base.update(overrides)
-    return {key: value for key, value in base.items() if value is not None}
+    """Valid claims (issuer and audience of the test node, device d1), expiring in an hour; None drops a claim."""
+    return make_claims("d1", overrides)
 
 
 def hs256(payload: dict[str, Any], key: bytes = SECRET.encode(), headers: dict[str, Any] | None = None) -> str:
-    return jwt.encode(payload, key, algorithm="HS256", headers=headers)
-
-
-def raw_token(header: dict[str, Any], payload: dict[str, Any], key: bytes | None) -> str:
-    """A hand-built token: HMAC-SHA256-signed with `key` (whatever it is), or unsigned when None."""
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
-    if key is None:
-        return signing_input + "."
-    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(signature)}"
+    return sign_hs256(payload, key, headers)
 
 
 async def start_control(rn: RunningNode, mint: Callable[[str, str], str] | None = None) -> ControlSet:

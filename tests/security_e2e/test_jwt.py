@@ -19,16 +19,13 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.jwt_factory import AUDIENCE, ISSUER, b64, raw_token
 from tests.security_e2e.client import USER_AGENT, Phx, Refused, http_get, in_thread, try_connect
 from tests.security_e2e.conftest import (
-    AUDIENCE,
-    ISSUER,
     audit_records,
-    b64,
     claims,
     hs256,
     node_with_control,
-    raw_token,
     wait_until,
 )
 from whispr.security.tokens import token_hash
