@@ -66,3 +66,4 @@ def emit_every_event() -> None:
     e(telemetry.NODE_UP, {}, {"node": "n2"})
     e(telemetry.NODE_DOWN, {}, {"node": "n3"})
     e(telemetry.LOOP_LAG, {"lag": 0.003})
+    e(telemetry.PUBSUB_RESYNC, {"feeds": 4.0}, {"reason": "resubscribe"})

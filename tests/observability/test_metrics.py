@@ -71,6 +71,7 @@ def test_every_event_updates_its_family(metrics: Metrics) -> None:
     assert value(s, "whispr_cluster_node_events_total", event="up") == 1
     assert value(s, "whispr_cluster_node_events_total", event="down") == 1
     assert value(s, "whispr_event_loop_lag_seconds_sum") == pytest.approx(0.003)
+    assert value(s, "whispr_pubsub_resyncs_total", reason="resubscribe") == 1
     assert value(s, "process_resident_memory_bytes") > 0
 
 

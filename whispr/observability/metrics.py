@@ -57,6 +57,7 @@ Families (all prefixed `whispr_`; histograms also expose `_bucket`, `_sum`, `_co
 | event_loop_lag_seconds | histogram | | LOOP_LAG |
 | cluster_nodes | gauge | | NODE_UP, NODE_DOWN (this node counts itself) |
 | cluster_node_events_total | counter | event (up, down) | NODE_UP, NODE_DOWN |
+| pubsub_resyncs_total | counter | reason | PUBSUB_RESYNC |
 | ready | gauge (from the first report on) | | `observe_readiness` |
 | draining | gauge (from the first report on) | | `observe_readiness` |
 | readiness_check_ok | gauge | check | `observe_readiness` |
@@ -281,6 +282,7 @@ class Metrics:
             telemetry.NODE_UP: self._node_up,
             telemetry.NODE_DOWN: self._node_down,
             telemetry.LOOP_LAG: self._loop_lag,
+            telemetry.PUBSUB_RESYNC: self._pubsub_resync,
         }
         telemetry.attach(handler_id, self._handlers, self.handle)
 
@@ -365,6 +367,9 @@ class Metrics:
         )
         self._cluster_nodes = Gauge("whispr_cluster_nodes", "Nodes this node sees up, itself included.", registry=r)
         self._node_events = counter("whispr_cluster_node_events", "Membership changes seen.", "event")
+        self._resyncs = counter(
+            "whispr_pubsub_resyncs", "Feed resyncs from the store after a possible loss, by trigger.", "reason"
+        )
         self._check_ok = gauge("whispr_readiness_check_ok", "1 when the readiness check passed.", "check")
         self._readiness: tuple[Gauge, Gauge] | None = None
 
@@ -510,3 +515,6 @@ class Metrics:
 
     def _loop_lag(self, m: telemetry.Measurements, md: telemetry.Metadata) -> None:
         self._loop_lag_hist.observe(_amount(m, "lag"))
+
+    def _pubsub_resync(self, m: telemetry.Measurements, md: telemetry.Metadata) -> None:
+        self._resyncs(self._label("resync", md.get("reason"))).inc()

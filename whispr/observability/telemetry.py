@@ -39,6 +39,7 @@ Events (name: measurements; metadata):
 | DEPENDENCY_CALL | {duration} | {dependency, operation, outcome} |
 | NODE_UP / NODE_DOWN | {} | {node} |
 | LOOP_LAG | {lag} | {} |
+| PUBSUB_RESYNC | {feeds} | {reason} (subscribe, resubscribe, overflow, peer_request, heartbeat_timeout, degraded, degraded_poll, recovered) |
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ DEPENDENCY_CALL = "dependency.call"
 NODE_UP = "node.up"
 NODE_DOWN = "node.down"
 LOOP_LAG = "loop.lag"
+PUBSUB_RESYNC = "pubsub.resync"
 
 _EMPTY: Mapping[str, float] = {}
 _log = logging.getLogger("whispr.telemetry")

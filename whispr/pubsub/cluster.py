@@ -73,7 +73,7 @@ from typing import Any, Protocol
 
 import trio
 
-from whispr.observability.telemetry import emit
+from whispr.observability.telemetry import PUBSUB_RESYNC, emit
 from whispr.protocol import Payload
 from whispr.pubsub.local import PubSub
 from whispr.resilience.breaker import CircuitBreaker, CircuitOpen
@@ -91,10 +91,6 @@ __all__ = [
 
 VERSION = 1
 """The payload version this node writes and reads."""
-
-PUBSUB_RESYNC = "pubsub.resync"
-"""Telemetry: feeds were marked for a store read. Measurements {feeds}; metadata {reason} ∈
-subscribe, resubscribe, heartbeat_timeout, degraded, degraded_poll, recovered, peer_request, overflow."""
 
 MESSAGE_KINDS = frozenset({b"message", b"smessage"})
 SUBSCRIBE_KINDS = frozenset({b"subscribe", b"ssubscribe"})
