@@ -58,7 +58,7 @@ from whispr.observability.logs import attach_telemetry_logging, configure_loggin
 from whispr.observability.loop_lag import measure_loop_lag
 from whispr.observability.metrics import Metrics
 from whispr.observability.supervision import report_to_telemetry
-from whispr.presence import PresenceTracker
+from whispr.presence import PresenceReplica, PresenceTracker
 from whispr.protocol import Identity
 from whispr.pubsub.cluster import ClusterBridge
 from whispr.pubsub.local import PubSub
@@ -91,6 +91,7 @@ class Node:
     store: MessageStore | None = None
     pubsub: PubSub | None = None
     presence: PresenceTracker | None = None
+    replica: PresenceReplica | None = None  # with Redis: the tracker holds every node's presence
     bridge: ClusterBridge | None = None
     cluster: ClusterManager | None = None
     deps: Deps | None = None
@@ -147,15 +148,26 @@ async def _bridge_child(node: Node, *, task_status: trio.TaskStatus[ClusterBridg
 
 
 async def _presence_child(node: Node, *, task_status: trio.TaskStatus[PresenceTracker]) -> None:
+    """The tracker and, with Redis, its replica (`whispr.presence.replication`): every node holds
+    the whole cluster's presence and broadcasts its diffs to its own subscribers only."""
     pubsub = _needs(node.pubsub, "pubsub")
 
     def broadcast(topic: str, event: str, payload: dict[str, Any]) -> None:
-        pubsub.broadcast(topic, event, payload, droppable=True)
+        pubsub.broadcast_local(topic, event, payload, droppable=True)  # every node computes its own diffs
 
     node.presence = PresenceTracker(broadcast, node=node.settings.node_id)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.presence.run)
-        task_status.started(node.presence)
+        if node.bridge is not None:
+            node.replica = PresenceReplica(node.presence, node.bridge.publish_presence, node=node.settings.node_id)
+            await nursery.start(node.replica.run)
+            node.bridge.attach_presence(node.replica)
+        try:
+            task_status.started(node.presence)
+            await trio.sleep_forever()
+        finally:
+            if node.bridge is not None:
+                node.bridge.attach_presence(None)
 
 
 async def _offline_child(node: Node, *, task_status: trio.TaskStatus[None]) -> None:
@@ -176,7 +188,11 @@ async def _offline_child(node: Node, *, task_status: trio.TaskStatus[None]) -> N
 async def _cluster_child(node: Node, *, task_status: trio.TaskStatus[ClusterManager]) -> None:
     """Node membership over Redis Streams (`whispr.cluster`); its health is a readiness check."""
     node.cluster = ClusterManager(node.settings.redis_url, node.settings.node_id)
-    await node.cluster.run(task_status=task_status)
+    replica = _needs(node.replica, "presence replica")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replica.follow, node.cluster.subscribe())  # a down node's presences go
+        await node.cluster.run(task_status=task_status)
+        nursery.cancel_scope.cancel()
 
 
 async def _delivery_child(node: Node, *, task_status: trio.TaskStatus[Deps]) -> None:

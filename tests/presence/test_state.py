@@ -159,3 +159,63 @@ def test_merged_diffs_take_a_client_where_the_sequence_does() -> None:
         buffered.merge(step)
     assert buffered.counts() == (1, 1)  # the phone's last meta joins, its first leaves; the laptop cancels out
     assert sync_diff(client, buffered.to_payload()) == state.list(TOPIC)
+
+
+def test_put_adopts_a_remote_meta_with_its_ref_and_replaces_the_owners_previous_one() -> None:
+    state = PresenceState()
+    first = {**meta("phone"), "phx_ref": "ref-1"}
+    assert state.put(REMOTE, TOPIC, "7", first).to_payload() == {"joins": {"7": {"metas": [first]}}, "leaves": {}}
+    assert not state.put(REMOTE, TOPIC, "7", dict(first))  # the same ref again: nothing to tell
+    second = {**meta("phone", 2), "phx_ref": "ref-2", "phx_ref_prev": "ref-1"}
+    diff = state.put(REMOTE, TOPIC, "7", second)
+    assert diff.to_payload() == {"joins": {"7": {"metas": [second]}}, "leaves": {"7": {"metas": [first]}}}
+    assert state.list(TOPIC) == {"7": {"metas": [second]}}
+
+
+def test_owned_lists_one_nodes_metas_for_a_state_transfer() -> None:
+    state = PresenceState()
+    ref, _ = state.track(PHONE, TOPIC, "42", meta("phone"))
+    state.put(REMOTE, TOPIC, "7", {**meta("phone"), "phx_ref": "remote"})
+    assert state.owned("node-a") == [(PHONE.tracking_id, TOPIC, "42", {**meta("phone"), "phx_ref": ref})]
+    assert state.owned("node-c") == []
+
+
+def test_replace_node_tells_only_the_differences() -> None:
+    state = PresenceState()
+    kept = {**meta("phone"), "phx_ref": "kept"}
+    gone = {**meta("laptop"), "phx_ref": "gone"}
+    state.put(REMOTE, TOPIC, "7", kept)
+    state.put(Owner("node-b", "user_socket:7:laptop"), "user:7", "7", gone)
+    local_ref, _ = state.track(PHONE, TOPIC, "42", meta("phone"))
+    before = {TOPIC: state.list(TOPIC), "user:7": state.list("user:7")}
+    new = {**meta("tablet"), "phx_ref": "new"}
+    diffs = state.replace_node(
+        "node-b", [(REMOTE.tracking_id, TOPIC, "7", kept), ("user_socket:7:tablet", TOPIC, "7", new)]
+    )
+    assert {topic: diff.to_payload() for topic, diff in diffs.items()} == {
+        TOPIC: {"joins": {"7": {"metas": [new]}}, "leaves": {}},
+        "user:7": {"joins": {}, "leaves": {"7": {"metas": [gone]}}},
+    }
+    for topic, diff in diffs.items():  # a subscriber following the diffs reaches the new state
+        assert sync_diff(before[topic], diff.to_payload()) == state.list(topic)
+    assert state.ref(PHONE, TOPIC, "42") == local_ref  # other nodes untouched
+    assert state.replace_node("node-b", state.owned("node-b")) == {}
+
+
+def test_a_meta_that_leaves_and_comes_back_in_one_diff_is_a_join_for_every_subscriber() -> None:
+    state = PresenceState()
+    state.put(REMOTE, TOPIC, "7", {**meta("phone"), "phx_ref": "r"})
+    before = state.list(TOPIC)
+    diff = Diff()
+    diff.merge(state.remove_node("node-b")[TOPIC])  # its node went down...
+    midway = state.list(TOPIC)  # (a subscriber that joined now)
+    diff.seen()
+    diff.merge(
+        state.replace_node("node-b", [(REMOTE.tracking_id, TOPIC, "7", {**meta("phone"), "phx_ref": "r"})])[TOPIC]
+    )
+    assert diff.to_payload() == {"joins": {"7": {"metas": [{**meta("phone"), "phx_ref": "r"}]}}, "leaves": {}}
+    for start in (before, midway):  # ... and came back
+        assert sync_diff(start, diff.to_payload()) == state.list(TOPIC)
+    diff.merge(state.remove_node("node-b")[TOPIC])  # and left again: known before the diff, so told
+    for start in (before, midway):
+        assert sync_diff(start, diff.to_payload()) == state.list(TOPIC) == {}

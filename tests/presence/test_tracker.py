@@ -275,3 +275,40 @@ async def test_a_meta_listed_mid_window_is_sent_leaving(autojump_clock: trio.tes
     assert [m["phx_ref"] for m in payload["joins"]["42"]["metas"]] == [old, new]
     assert [m["phx_ref"] for m in payload["leaves"]["42"]["metas"]] == [old]
     assert sync_diff(late_client, payload) == sync_diff({}, payload) == tracker.list(TOPIC)
+
+
+async def test_own_changes_are_reported_as_they_happen_and_a_reconnect_is_none(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    changes: list[tuple[str, str, str, dict[str, Any] | None]] = []
+    async with running() as (tracker, _):
+        tracker.replicate_to(lambda *change: changes.append(change))
+        ref = tracker.track(TOPIC, "42", PHONE, meta("phone"))
+        new_ref = tracker.update(TOPIC, "42", PHONE, meta("phone", 2))
+        tracker.untrack(TOPIC, "42", PHONE)
+        tracker.track(TOPIC, "42", PHONE, meta("phone", 3))  # a reconnect inside the grace period
+        tracker.untrack(TOPIC, "42", PHONE)
+        assert len(changes) == 2
+        await settle()
+    assert changes == [
+        (PHONE, TOPIC, "42", {**meta("phone"), "phx_ref": ref}),
+        (PHONE, TOPIC, "42", {**meta("phone", 2), "phx_ref": new_ref, "phx_ref_prev": ref}),
+        (PHONE, TOPIC, "42", None),
+    ]
+
+
+async def test_remote_changes_apply_at_once_and_share_the_window(autojump_clock: trio.testing.MockClock) -> None:
+    remote = {**meta("laptop"), "phx_ref": "remote-ref"}
+    async with running() as (tracker, sent):
+        ref = tracker.track(TOPIC, "42", PHONE, meta("phone"))
+        tracker.apply_remote("node-b", LAPTOP, TOPIC, "42", remote)
+        assert tracker.list(TOPIC) == {"42": {"metas": [{**meta("phone"), "phx_ref": ref}, remote]}}
+        assert tracker.owned() == [(PHONE, TOPIC, "42", {**meta("phone"), "phx_ref": ref})]
+        await settle()
+        assert len(sent) == 1  # the local and the remote join: one presence_diff
+        tracker.remove_node("node-b")  # no grace period: it was served on node-b
+        assert tracker.list(TOPIC) == {"42": {"metas": [{**meta("phone"), "phx_ref": ref}]}}
+        await trio.sleep(2 * WINDOW)
+        assert sent[1][2] == {"joins": {}, "leaves": {"42": {"metas": [remote]}}}
+        with pytest.raises(ValueError, match="this node"):
+            tracker.apply_remote("node-a", LAPTOP, TOPIC, "42", remote)

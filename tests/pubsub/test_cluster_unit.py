@@ -119,7 +119,7 @@ async def test_subscriptions_follow_the_first_and_last_local_subscriber() -> Non
     early = Sub()
     pubsub.subscribe("room:early", early)  # subscribed before the bridge runs
     async with running(pubsub, bus, live) as bridge:
-        assert set(bus.subscribed) == {"p:n:me", "p:ctl", "p:t:room:early"}
+        assert set(bus.subscribed) == {"p:n:me", "p:ctl", "p:presence", "p:t:room:early"}
         a, b = Sub(), Sub()
         pubsub.subscribe("room:1", a)
         pubsub.subscribe("room:1", b)

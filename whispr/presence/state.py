@@ -25,15 +25,17 @@ Invariants:
 - Metas of a key are in the order they joined: the order presence.js builds from the diffs
   (`syncDiff` appends joined metas after the ones it had).
 
-Ready for replicas: ownership is per (node, tracking id) and the state does not know which node is
-local, so metas tracked elsewhere can live here too and `remove_node` drops a whole node's metas
-(what `Phoenix.Tracker` does to a replica that is permanently down).
+Replicas: ownership is per (node, tracking id) and the state does not know which node is local, so
+the metas of every node live here side by side. Another node's metas arrive with their `phx_ref`
+(`put`, `replace_node`: a state transfer), and `remove_node` drops a whole node's metas (what
+`Phoenix.Tracker` does to a replica that is down), each returning the diffs that tell subscribers.
 """
 
 from __future__ import annotations
 
 import builtins
 import secrets
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -90,16 +92,28 @@ class Diff:
         return bool(self.joins or self.leaves)
 
     def join(self, key: str, meta: Meta) -> None:
-        """Record that `meta` joined under `key`."""
+        """Record that `meta` joined under `key`.
+
+        A meta that left earlier in this diff and comes back (another node's metas leave when that
+        node is down and return when it is up again) loses its leave and keeps the join, which a
+        subscriber that knew it ignores (presence.js matches by ref) and one that did not applies.
+        It is no longer unseen: subscribers from before the diff know it.
+        """
         ref = meta["phx_ref"]
         self.joins.setdefault(key, {})[ref] = meta
-        self._unseen.add(ref)
+        left = self.leaves.get(key)
+        if left is not None and ref in left:
+            del left[ref]
+            if not left:
+                del self.leaves[key]
+        else:
+            self._unseen.add(ref)
 
     def leave(self, key: str, meta: Meta) -> None:
         """Record that `meta` left `key`; an unseen join of the same ref in this diff cancels out instead.
 
-        Refs are never reused, so when nobody can know a joined meta yet, nobody needs to hear that it
-        came and went. A join that was `seen()` stays, and the leave is recorded next to it:
+        A ref is only ever one meta, so when nobody can know a joined meta yet, nobody needs to hear
+        that it came and went. A join that was `seen()` stays, and the leave is recorded next to it:
         presence.js applies joins before leaves, so a subscriber ends without the meta either way.
         """
         ref = meta["phx_ref"]
@@ -217,14 +231,48 @@ class PresenceState:
             diff.leave(key, self._pop(owner, topic, key))
         return diff
 
+    def put(self, owner: Owner, topic: str, key: str, meta: Meta) -> Diff:
+        """Make `meta`, which carries its `phx_ref`, the owner's meta under (topic, key): how another
+        node's track or update arrives here.
+
+        Returns the diff joining `meta` and leaving the owner's previous meta there, if any; empty
+        when the owner already holds that very ref (a replayed change).
+        """
+        diff = Diff()
+        current = self._refs.get((topic, key, owner))
+        if current == meta["phx_ref"]:
+            return diff
+        if current is not None:
+            diff.leave(key, self._pop(owner, topic, key))
+        diff.join(key, self._put(owner, topic, key, meta))
+        return diff
+
+    def owned(self, node: str) -> builtins.list[tuple[str, str, str, Meta]]:
+        """Every meta `node` owns, as (tracking id, topic, key, meta): what a state transfer carries."""
+        return [
+            (tracking_id, topic, key, self._topics[topic][key][self._refs[topic, key, Owner(node, tracking_id)]])
+            for tracking_id, pairs in self._owned.get(node, {}).items()
+            for topic, key in pairs
+        ]
+
+    def replace_node(self, node: str, entries: Iterable[tuple[str, str, str, Meta]]) -> dict[str, Diff]:
+        """Make `entries` (as `owned` lists them) the whole of `node`'s metas: a state transfer.
+
+        Metas whose ref is unchanged stay untouched (no diff); the others leave or join. Returns the
+        non-empty diffs per topic.
+        """
+        wanted = {(tracking_id, topic, key): meta for tracking_id, topic, key, meta in entries}
+        diffs: dict[str, Diff] = {}
+        for tracking_id, topic, key, _ in self.owned(node):
+            if (tracking_id, topic, key) not in wanted:
+                diffs.setdefault(topic, Diff()).merge(self.untrack(Owner(node, tracking_id), topic, key))
+        for (tracking_id, topic, key), meta in wanted.items():
+            diffs.setdefault(topic, Diff()).merge(self.put(Owner(node, tracking_id), topic, key, meta))
+        return {topic: diff for topic, diff in diffs.items() if diff}
+
     def remove_node(self, node: str) -> dict[str, Diff]:
         """Remove every meta owned by `node` (a replica that is gone); returns the leaves per topic."""
-        diffs: dict[str, Diff] = {}
-        for tracking_id, pairs in list(self._owned.get(node, {}).items()):
-            owner = Owner(node, tracking_id)
-            for topic, key in list(pairs):
-                diffs.setdefault(topic, Diff()).leave(key, self._pop(owner, topic, key))
-        return diffs
+        return self.replace_node(node, ())
 
     def _put(self, owner: Owner, topic: str, key: str, meta: Meta) -> Meta:
         ref = meta["phx_ref"]

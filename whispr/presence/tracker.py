@@ -19,6 +19,12 @@ Rules:
 - `tracking_id` names the device's connection and must be the same across its reconnects (the
   socket id `user_socket:<user_id>:<device_id>`, contract.md §1), otherwise a reconnect cannot be
   recognised and observers see a join now and a leave after the grace period.
+- Other nodes' metas (`whispr.presence.replication`) live in the same state under their owner's
+  node: `apply_remote`, `replace_node` and `remove_node` change them at once (the grace period was
+  served on their node) and their diffs go through the same windows, so a subscriber gets one
+  `presence_diff` stream for the whole cluster, computed on its own node. Every change of this
+  node's own metas (a track, an update, a leave once its grace period is over; not a reconnect
+  inside it, which changes nothing) is reported to the `replicate_to` callback as it happens.
 
 Theory of operation: all timers (held leaves and flush windows) sit in one heap, served by the
 single `run` task, which sleeps in a cancel scope whose deadline is the earliest timer; scheduling
@@ -40,7 +46,7 @@ import builtins
 import heapq
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,10 +55,21 @@ import trio
 from whispr.observability.telemetry import PRESENCE_DIFF, emit
 from whispr.presence.state import Diff, Meta, Owner, PresenceState
 
-__all__ = ["PRESENCE_DIFF_EVENT", "PRESENCE_STATE_EVENT", "Broadcast", "PresenceStatistics", "PresenceTracker"]
+__all__ = [
+    "PRESENCE_DIFF_EVENT",
+    "PRESENCE_STATE_EVENT",
+    "Broadcast",
+    "LocalChange",
+    "PresenceStatistics",
+    "PresenceTracker",
+]
 
 Broadcast = Callable[[str, str, dict[str, Any]], None]
 """`broadcast(topic, event, payload)`: send to the topic's subscribers. Synchronous, never blocks."""
+
+LocalChange = Callable[[str, str, str, Meta | None], None]
+"""`changed(tracking_id, topic, key, meta)`: this node's meta of the device under (topic, key) is now
+`meta` (with its `phx_ref`), or gone (None). Synchronous, never blocks."""
 
 PRESENCE_STATE_EVENT = "presence_state"
 """The push that carries `PresenceTracker.list(topic)` to a channel after every (re)join (protocol.md §5.2)."""
@@ -120,6 +137,7 @@ class PresenceTracker:
         self._grace_period = grace_period
         self._coalesce_window = coalesce_window
         self._state = PresenceState()
+        self._changed: LocalChange | None = None
         # (topic, key, tracking id) -> its live held-leave timer.
         self._held: dict[tuple[str, str, str], _HeldLeave] = {}
         # topic -> its live flush timer (with the buffered diff).
@@ -147,6 +165,7 @@ class PresenceTracker:
             assert ref is not None  # invariant of `_held`
             return ref
         ref, diff = self._state.track(owner, topic, key, meta)
+        self._local(tracking_id, topic, key, diff.joins[key][ref])
         self._buffer(topic, diff)
         return ref
 
@@ -160,6 +179,7 @@ class PresenceTracker:
             NotTracked: the device does not track (topic, key).
         """
         ref, diff = self._state.update(Owner(self._node, tracking_id), topic, key, meta)
+        self._local(tracking_id, topic, key, diff.joins[key][ref])
         self._buffer(topic, diff)
         return ref
 
@@ -180,6 +200,46 @@ class PresenceTracker:
         """`untrack` everything the device tracks (its socket closed). Synchronous, never blocks."""
         for topic, key in self._state.tracked(Owner(self._node, tracking_id)):
             self.untrack(topic, key, tracking_id)
+
+    def replicate_to(self, changed: LocalChange | None) -> None:
+        """Report every later change of this node's own metas to `changed` (None: stop). Not blocking."""
+        self._changed = changed
+
+    def owned(self) -> builtins.list[tuple[str, str, str, Meta]]:
+        """This node's metas as (tracking id, topic, key, meta), held leaves included: its state transfer."""
+        return self._state.owned(self._node)
+
+    def apply_remote(self, node: str, tracking_id: str, topic: str, key: str, meta: Meta | None) -> None:
+        """Another node reports its device's meta under (topic, key): `meta` (with its `phx_ref`), or
+        None when it left. Applied at once, the diff buffered. Synchronous, never blocks.
+
+        Raises:
+            ValueError: `node` is this node (its metas change only through this tracker's own calls).
+        """
+        owner = self._remote_owner(node, tracking_id)
+        if meta is None:
+            self._buffer(topic, self._state.untrack(owner, topic, key))
+        else:
+            self._buffer(topic, self._state.put(owner, topic, key, meta))
+
+    def replace_node(self, node: str, entries: Iterable[tuple[str, str, str, Meta]]) -> None:
+        """Make `entries` (as `owned` lists them on that node) the whole of `node`'s metas here: a state
+        transfer. Only the differences are buffered. Synchronous, never blocks.
+
+        Raises:
+            ValueError: `node` is this node.
+        """
+        self._remote_owner(node, "")
+        for topic, diff in self._state.replace_node(node, entries).items():
+            self._buffer(topic, diff)
+
+    def remove_node(self, node: str) -> None:
+        """Drop every meta of `node` (it is down) at once, the leaves buffered. Synchronous, never blocks.
+
+        Raises:
+            ValueError: `node` is this node.
+        """
+        self.replace_node(node, ())
 
     def list(self, topic: str) -> dict[str, Any]:
         """The `presence_state` payload of `topic`, held leaves included (a fresh copy).
@@ -227,6 +287,15 @@ class PresenceTracker:
         finally:
             self._sleep = None
 
+    def _remote_owner(self, node: str, tracking_id: str) -> Owner:
+        if node == self._node:
+            raise ValueError(f"{node!r} is this node: its presence is not another node's to change")
+        return Owner(node, tracking_id)
+
+    def _local(self, tracking_id: str, topic: str, key: str, meta: Meta | None) -> None:
+        if self._changed is not None:
+            self._changed(tracking_id, topic, key, meta)
+
     def _buffer(self, topic: str, diff: Diff) -> None:
         """Add `diff` to the topic's buffer, opening a window if none is open."""
         flush = self._flushes.get(topic)
@@ -263,6 +332,7 @@ class PresenceTracker:
                 del self._held[timer.topic, timer.key, timer.tracking_id]
                 owner = Owner(self._node, timer.tracking_id)
                 self._buffer(timer.topic, self._state.untrack(owner, timer.topic, timer.key))
+                self._local(timer.tracking_id, timer.topic, timer.key, None)
             else:
                 del self._flushes[timer.topic]
                 self._send(timer.topic, timer.diff)

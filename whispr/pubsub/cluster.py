@@ -7,9 +7,10 @@ Rules
   seq, an inbox seq); what Redis loses is read back from the store after the feed's head
   (`whispr.delivery.live`), so a lost publication costs latency, never a message.
 * One Redis channel per topic, `<prefix>:t:<topic>`, subscribed while the topic has a local
-  subscriber: SUBSCRIBE when `PubSub` reports the first one, UNSUBSCRIBE after the last. Plus two
-  fixed channels: `<prefix>:n:<node id>` (this node's liveness heartbeat) and `<prefix>:ctl`
-  (cluster-wide resync requests).
+  subscriber: SUBSCRIBE when `PubSub` reports the first one, UNSUBSCRIBE after the last. Plus three
+  fixed channels: `<prefix>:n:<node id>` (this node's liveness heartbeat), `<prefix>:ctl`
+  (cluster-wide resync requests) and `<prefix>:presence` (presence replication,
+  `whispr.presence.replication`, which is also told to resync on a reconnect or lost publications).
 * Every local broadcast is published, whatever the remote interest: a PUBLISH nobody listens to
   costs Redis one dict lookup, and a node-side "remote interest" cache would be stale exactly when a
   node has just subscribed, which is when it must not miss anything. One PUBLISH per broadcast;
@@ -31,6 +32,7 @@ deploy never crashes a reader):
 | `h` | heartbeat (on the node's own channel) | `i` counter |
 | `s` | resync request (on `ctl`): the sender lost publications | |
 | `x` | disconnect (on `ctl`): a user's sockets, or one device's (a kick, a deactivation, or that device connected elsewhere) | `u` user id, `d` device id or null |
+| `y` | presence replication (on `presence`) | `y` and the fields of `whispr.presence.replication` |
 
 Every payload has `v`, `k` and `o` (the origin node id).
 
@@ -183,6 +185,22 @@ class LiveSink(Protocol):
         ...
 
 
+class PresenceSink(Protocol):
+    """What the bridge needs from presence replication (`whispr.presence.replication.PresenceReplica`)."""
+
+    def remote(self, origin: str, message: dict[str, Any]) -> None:
+        """Apply a presence publication of node `origin`.
+
+        Raises:
+            KeyError, TypeError, ValueError: the message is malformed.
+        """
+        ...
+
+    def resync(self) -> None:
+        """Presence publications may have been lost: ask every node for its state."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class BridgeStatistics:
     """A snapshot of `ClusterBridge.statistics()` (counters since the bridge was built)."""
@@ -257,12 +275,14 @@ class ClusterBridge:
         self._topic_prefix = f"{prefix}:t:"
         self._heartbeat_channel = f"{prefix}:n:{node_id}"
         self._ctl_channel = f"{prefix}:ctl"
+        self._presence_channel = f"{prefix}:presence"
         self._interval = heartbeat_interval
         self._poll_interval = degraded_poll_interval
         self._breaker = breaker or CircuitBreaker("redis_pubsub", call_timeout=0.25, reset_timeout=5.0)
         self._max_batch = max_batch
         self._live: LiveSink | None = None
         self._sockets: ConnectionSink | None = None
+        self._presence: PresenceSink | None = None
         # (channel, data, heartbeat id or 0) waiting for the publisher.
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[tuple[str, bytes, int]](max_outbox)
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[Inbound](inbound_buffer)
@@ -307,6 +327,15 @@ class ClusterBridge:
             self._sockets.set_remote(None)
         self._sockets = connections
         connections.set_remote(self)
+
+    def attach_presence(self, presence: PresenceSink | None) -> None:
+        """Deliver the other nodes' presence publications to `presence` (None: drop them). Call it
+        with the node's `PresenceReplica` while it runs."""
+        self._presence = presence
+
+    def publish_presence(self, message: dict[str, Any]) -> None:
+        """`PresenceReplica`: publish `message` to every other node's replica. Never blocks."""
+        self._queue(self._presence_channel, _dumps({**message, "v": VERSION, "k": "y", "o": self.node_id}))
 
     def disconnect(self, user_id: str, device_id: str | None) -> None:
         """`ConnectionRegistry`: disconnect the user's sockets (one device's) on the other nodes."""
@@ -448,7 +477,7 @@ class ClusterBridge:
                 self._queue(self._ctl_channel, _dumps({"v": VERSION, "k": "s", "o": self.node_id}))
 
     def _channels(self) -> list[str]:
-        return [self._heartbeat_channel, self._ctl_channel, *self._wanted]
+        return [self._heartbeat_channel, self._ctl_channel, self._presence_channel, *self._wanted]
 
     async def _listener(self) -> None:
         backoff = 0.0
@@ -512,6 +541,10 @@ class ClusterBridge:
 
     def _resync(self, topics: Iterable[str] | None, reason: str) -> None:
         feeds = self._live.resync(topics) if self._live is not None else 0
+        # A peer's dropped publications are left to its presence clock heartbeats: a resync of
+        # every node's presence on every node would cost a transfer per pair of nodes.
+        if topics is None and reason != "peer_request" and self._presence is not None:
+            self._presence.resync()
         self._resyncs[reason] = self._resyncs.get(reason, 0) + 1
         emit(PUBSUB_RESYNC, {"feeds": feeds}, {"reason": reason})
 
@@ -547,6 +580,8 @@ class ClusterBridge:
         """The heartbeat channel's confirmation: the first of each connection."""
         self._connected = True
         self._connections += 1
+        if self._presence is not None:
+            self._presence.resync()  # whatever was published while no connection listened is lost
         if self._lost_at is not None:
             self._last_resubscribe = trio.current_time() - self._lost_at
             self._lost_at = None
@@ -585,6 +620,9 @@ class ClusterBridge:
             elif kind == "x":
                 if self._sockets is not None:
                     self._sockets.revoke_local(envelope["u"], envelope["d"])
+            elif kind == "y":
+                if self._presence is not None:
+                    self._presence.remote(envelope["o"], envelope)
             else:
                 self._invalid += 1
         except (KeyError, TypeError, ValueError) as exc:
