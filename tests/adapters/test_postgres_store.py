@@ -62,7 +62,9 @@ async def test_two_nodes_appending_at_once_keep_seqs_and_inboxes_gap_free(pg_url
 @pytest.mark.slow
 async def test_a_crashed_server_fails_calls_promptly_and_loses_no_acked_message() -> None:
     with postgres_server() as server:
-        async with open_bridge(), open_postgres_store(postgres_url(server, "whispr"), call_timeout=1.0) as store:
+        # A 1 s breaker reset: a slow restart may open the breaker, and the writers retry in a loop.
+        store_cm = open_postgres_store(postgres_url(server, "whispr"), call_timeout=1.0, reset_timeout=1.0)
+        async with open_bridge(), store_cm as store:
             conversation = await store.create_conversation(["ann", "bob"])
             acked: dict[str, Message] = {}
             outcomes: Counter[str] = Counter()

@@ -6,6 +6,7 @@ Every test runs under `autojump_clock`, so `trio.sleep(30)` takes no wall time a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -350,6 +351,38 @@ async def test_one_outage_emits_open_half_open_closed_once(
     assert [(md["operation"], md["outcome"]) for md in calls(events)] == [("hang", "timeout")] * 5 + [
         ("succeed", "ok")
     ] * 10
+
+
+async def test_each_transition_is_logged_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="whispr.resilience")
+    b, dep = breaker(), Dependency()
+    await open_breaker(b, dep)
+    for _ in range(10):
+        with pytest.raises(CircuitOpen):
+            await b.call(dep.succeed)
+    await trio.sleep(30)
+    await fail_times(b, dep, 1)  # the first trial fails: open again
+    await trio.sleep(30)
+    for _ in range(10):
+        await b.call(dep.succeed)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "circuit dep open (5 failures in a row): calls refused for 30s"),
+        (logging.INFO, "circuit dep half-open: admitting 3 trial calls"),
+        (logging.WARNING, "circuit dep open (a trial call failed): calls refused for 30s"),
+        (logging.INFO, "circuit dep half-open: admitting 3 trial calls"),
+        (logging.INFO, "circuit dep closed: 3 trial calls succeeded"),
+    ]
+    assert {"breaker": "dep", "state": "closed"}.items() <= caplog.records[-1].__dict__.items()  # structured extras
+
+
+async def test_operation_names_the_call_in_telemetry(
+    autojump_clock: trio.testing.MockClock, events: list[Event]
+) -> None:
+    b, dep = breaker(), Dependency()
+    await b.call(dep.succeed, operation="append_batch")
+    assert [(md["operation"], md["outcome"]) for md in calls(events)] == [("append_batch", "ok")]
 
 
 async def test_dependency_call_outcomes(autojump_clock: trio.testing.MockClock, events: list[Event]) -> None:

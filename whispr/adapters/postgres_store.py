@@ -18,6 +18,15 @@ Error handling: psycopg/psycopg_pool `OperationalError`s (connection refused or 
 shutdown, pool timeout, statement timeout, deadlock) and the per-call timeout become
 `StoreUnavailable`, raised from the original. The pool replaces broken connections by itself
 (`check_connection` on every checkout), so calls succeed again once the server is back.
+
+Circuit breaker (contract.md §5; reliability.md D8, D9): every call, appends (one call per batch)
+and the pool's opening included, runs through one `CircuitBreaker("postgres")` whose `call_timeout`
+is the per-call timeout. Five failures in a row (`StoreUnavailable` or the timeout) open it; while
+open, every call raises `StoreUnavailable` at once, raised from `CircuitOpen`, without waiting on
+the pool, so a send gets `service_unavailable` in well under a second instead of after a timeout.
+After `reset_timeout` (30 s) the next three calls are trials: all three succeed → closed, one fails
+→ open again. Answers such as `ConversationNotFound` count as successes. The breaker's state is
+`PostgresStore.breaker`, and reaches /metrics and the logs through CIRCUIT_STATE telemetry.
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ from whispr.delivery.store import (
     StoreError,
     StoreUnavailable,
 )
-from whispr.observability.telemetry import DEPENDENCY_CALL, emit
+from whispr.resilience import CircuitBreaker, CircuitOpen
 
 if getattr(psycopg.waiting, "get_running_loop", None) is not asyncio.get_running_loop:
     raise ImportError(
@@ -64,7 +73,8 @@ if getattr(psycopg.waiting, "get_running_loop", None) is not asyncio.get_running
 T = TypeVar("T")
 
 MAX_BATCH = 1024
-CALL_TIMEOUT = 2.0
+CALL_TIMEOUT = 2.0  # reliability.md D9: a 2 s app timeout
+RESET_TIMEOUT = 30.0  # contract.md §5: the breaker stays open 30 s
 _MIGRATION_LOCK = 0x77686973  # pg_advisory_xact_lock key ("whis"): one migrator at a time
 _MESSAGE_COLUMNS = (
     "m.id, m.conversation_id, m.seq, m.sender_id, m.sender_device_id, m.client_message_id,"
@@ -129,6 +139,7 @@ async def open_postgres_store(
     retention: float = DEFAULT_RETENTION,
     max_batch: int = MAX_BATCH,
     call_timeout: float = CALL_TIMEOUT,
+    reset_timeout: float = RESET_TIMEOUT,
     min_size: int = 2,
     max_size: int = 10,
 ) -> AsyncIterator[PostgresStore]:
@@ -141,7 +152,8 @@ async def open_postgres_store(
         clock: Unix time in seconds; `inserted_at` and retention use it (tests inject one).
         retention: seconds during which messages are replayed.
         max_batch: most appends per transaction (1 disables group commit).
-        call_timeout: seconds any one call may take, pool wait included.
+        call_timeout: seconds any one call may take, pool wait included (the breaker's `call_timeout`).
+        reset_timeout: seconds the circuit breaker stays open before its trial calls.
         min_size, max_size: the pool's bounds.
 
     Resource handling: runs the group-commit writer in a nursery of its own. On exit, appends not
@@ -165,7 +177,10 @@ async def open_postgres_store(
         },
         name="whispr-store",
     )
-    store = PostgresStore(pool, clock, retention, max_batch, call_timeout)
+    breaker = CircuitBreaker(
+        "postgres", call_timeout=call_timeout, reset_timeout=reset_timeout, failure_types=(StoreUnavailable,)
+    )
+    store = PostgresStore(pool, clock, retention, max_batch, breaker)
     try:
         await store._call("open", pool.open, True, call_timeout)
         await store._call("migrate", store._aio_migrate)
@@ -187,12 +202,12 @@ class PostgresStore:
         clock: Callable[[], float],
         retention: float,
         max_batch: int,
-        call_timeout: float,
+        breaker: CircuitBreaker,
     ) -> None:
         self._pool = pool
         self._clock = clock
         self._retention_ms = int(retention * 1000)
-        self._call_timeout = call_timeout
+        self.breaker = breaker
         self._appends: GroupCommit[AppendRequest, Appended] = GroupCommit(self._commit_appends, max_batch)
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -201,30 +216,18 @@ class PostgresStore:
         return int(self._clock() * 1000)
 
     async def _call(self, operation: str, fn: Callable[..., Awaitable[T]], *args: object) -> T:
-        """Cross the bridge once to await `fn(*args)`, within the per-call timeout; translate errors."""
-        started = time.perf_counter()
-        outcome = "error"
+        """Cross the bridge once to await `fn(*args)` through the breaker; translate its errors.
+
+        Blocking: at most the breaker's `call_timeout`; not at all while the breaker is open.
+        Cancellable: yes. Raises `StoreUnavailable` (down, timed out, or circuit open) or the
+        `StoreError` answer `fn` raised (e.g. `ConversationNotFound`).
+        """
         try:
-            with trio.fail_after(self._call_timeout):
-                result = await run_aio(fn, *args)
-            outcome = "ok"
-            return result
+            return await self.breaker.call(_translated, operation, fn, *args, operation=operation)
+        except CircuitOpen as exc:
+            raise StoreUnavailable(f"postgres circuit open; retry in {exc.retry_after:.1f}s") from exc
         except trio.TooSlowError as exc:
-            outcome = "timeout"
-            raise StoreUnavailable(f"postgres {operation} took longer than {self._call_timeout}s") from exc
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"postgres {operation} failed: {exc}") from exc
-        except StoreUnavailable:
-            raise
-        except StoreError:
-            outcome = "ok"  # an answer (e.g. ConversationNotFound), not a failure of PostgreSQL
-            raise
-        finally:
-            emit(
-                DEPENDENCY_CALL,
-                {"duration": time.perf_counter() - started},
-                {"dependency": "postgres", "operation": operation, "outcome": outcome},
-            )
+            raise StoreUnavailable(f"postgres {operation} took longer than {self.breaker.call_timeout}s") from exc
 
     async def _aio_migrate(self) -> list[int]:
         async with self._pool.connection() as conn:
@@ -554,6 +557,15 @@ class PostgresStore:
             "UPDATE notifications SET read_at = %s WHERE user_id = %s AND id = ANY(%s) AND read_at IS NULL",
             (self._now_ms(), user_id, list(ids)),
         )
+
+
+async def _translated(operation: str, fn: Callable[..., Awaitable[T]], *args: object) -> T:
+    """`await fn(*args)` across the bridge, with psycopg's `OperationalError` as `StoreUnavailable`
+    (a breaker failure; other errors are answers and pass unchanged)."""
+    try:
+        return await run_aio(fn, *args)
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"postgres {operation} failed: {exc}") from exc
 
 
 def _columns(rows: Sequence[Sequence[object]], width: int) -> list[list[object]]:

@@ -31,17 +31,21 @@ Invariants:
 - An exception that is not one of `failure_types` is an answer from the dependency (e.g. "not
   found"): it counts as a success and propagates unchanged.
 
+Logs (logger `whispr.resilience`, once per transition, never per call): a WARNING when the breaker
+opens, an INFO line when it goes half-open and when it closes again.
+
 Telemetry (whispr/observability/telemetry.py): CIRCUIT_STATE {} {breaker, state} on every
 transition (state ∈ closed, open, half_open; nothing is emitted at construction), and
 DEPENDENCY_CALL {duration} {dependency, operation, outcome} for every call that ran `fn`, where
-`dependency` is the breaker's name, `operation` is `fn.__name__` and `outcome` ∈ ok, error,
-timeout, cancelled. Calls refused with `CircuitOpen` emit no DEPENDENCY_CALL: the dependency was
-not called.
+`dependency` is the breaker's name, `operation` is `call`'s `operation` (default `fn.__name__`)
+and `outcome` ∈ ok, error, timeout, cancelled. Calls refused with `CircuitOpen` emit no
+DEPENDENCY_CALL: the dependency was not called.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar, TypeVarTuple
@@ -51,6 +55,8 @@ import trio
 from whispr.observability.telemetry import CIRCUIT_STATE, DEPENDENCY_CALL, emit
 
 __all__ = ["BreakerStatistics", "CircuitBreaker", "CircuitOpen", "State"]
+
+_log = logging.getLogger("whispr.resilience")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -178,8 +184,11 @@ class CircuitBreaker:
             retry_after=retry_after,
         )
 
-    async def call(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+    async def call(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts, operation: str | None = None) -> T:
         """Run `await fn(*args)` through the breaker and return its result.
+
+        `operation` names the call in DEPENDENCY_CALL telemetry; default `fn.__name__` (a caller
+        that routes every call through one generic function passes the real operation's name).
 
         Blocking: while the breaker admits the call, as long as `fn` runs, and never longer than
         `call_timeout`. A refused call does not wait: it executes one checkpoint and raises.
@@ -196,7 +205,8 @@ class CircuitBreaker:
         await trio.lowlevel.checkpoint()
         started = trio.current_time()
         generation = self._admit(started)
-        operation = getattr(fn, "__name__", type(fn).__name__)
+        if operation is None:
+            operation = getattr(fn, "__name__", type(fn).__name__)
         outcome, label = _Outcome.NEITHER, "cancelled"
         deadline = trio.move_on_after(self.call_timeout)  # a cancel scope; its deadline starts on entry
         try:
@@ -257,6 +267,16 @@ class CircuitBreaker:
                 self._trials_admitted -= 1
 
     def _transition(self, state: State, now: float) -> None:
+        extra = {"breaker": self.name, "state": state.value}
+        if state is State.OPEN:
+            cause = "a trial call failed" if self._state is State.HALF_OPEN else f"{self._failures} failures in a row"
+            _log.warning(
+                "circuit %s open (%s): calls refused for %gs", self.name, cause, self.reset_timeout, extra=extra
+            )
+        elif state is State.HALF_OPEN:
+            _log.info("circuit %s half-open: admitting %d trial calls", self.name, self.half_open_calls, extra=extra)
+        else:
+            _log.info("circuit %s closed: %d trial calls succeeded", self.name, self._trial_successes, extra=extra)
         self._state = state
         self._generation += 1
         self._failures = 0

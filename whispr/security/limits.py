@@ -3,8 +3,9 @@
 - `Limiter` is the interface for the limits that must hold across nodes: connect attempts per IP,
   messages per user, and `blocked` marks. `LocalLimiter` (here; the embedded default) and
   `whispr.adapters.redis_limits.RedisLimiter` (one budget for the whole cluster) implement it.
-  `FallbackLimiter` runs the Redis one with a local one behind it (reliability S11: fail safe,
-  never fail open).
+  `FallbackLimiter` runs the Redis one behind a circuit breaker with a local one behind it
+  (reliability S11: fail safe, never fail open; D2: a hung Redis costs a send at most the
+  breaker's call timeout, and nothing once the breaker is open).
 - `ConnectionSlots` counts the live sockets (and pending handshakes) of each client IP on this
   node. It is deliberately per node: a slot belongs to a socket this process holds, and a shared
   counter would leak the slots of a node that dies.
@@ -34,15 +35,23 @@ from typing import Literal, Protocol
 
 import trio
 
+from whispr.resilience import CircuitBreaker, CircuitOpen
+
 RateAlgorithm = Literal["token_bucket", "sliding_window"]
 MICROS = 1_000_000
 SWEEP_EVERY_US = 60 * MICROS  # how often LocalLimiter forgets idle keys
+
+PRIMARY_TIMEOUT = 0.25  # seconds a shared-limiter call may take (reliability.md D2 suggests 0.2 s for Redis)
 
 _log = logging.getLogger("whispr.security")
 
 
 class LimiterUnavailable(Exception):
     """The limiter's backend (Redis) failed; raised `from` the backend's own error."""
+
+
+# How a call through FallbackLimiter's breaker fails: the backend failed, timed out, or was not called.
+_PRIMARY_FAILED = (LimiterUnavailable, trio.TooSlowError, CircuitOpen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,23 +240,36 @@ class LocalLimiter:
 
 
 class FallbackLimiter:
-    """`primary` (Redis) while it works, `fallback` (local) while it fails (reliability S11).
+    """`primary` (Redis) while it works, `fallback` (local) while it fails (reliability S11, D2).
 
     During an outage each node enforces the limits on its own: at most one budget per node, never
-    none. Every call still tries `primary` first, so service resumes with its first success; a
-    warning is logged when the outage starts and an info line when it ends. Never raises
-    `LimiterUnavailable`.
+    none. Every call to `primary` goes through `breaker` (contract.md §5: 5 failures → open 30 s →
+    3 half-open calls): a failure (`LimiterUnavailable`, or no answer within the breaker's
+    `call_timeout`) or a refusal by the open breaker sends that call to `fallback`, so a hung Redis
+    delays a call by at most `call_timeout` and, once the breaker is open, not at all. Service
+    resumes when the breaker's trials succeed. A warning is logged when the outage starts and an
+    info line when it ends (the breaker's transitions are logged and counted through its
+    CIRCUIT_STATE telemetry). Never raises `LimiterUnavailable`.
+
+    Args:
+        primary: the shared limiter.
+        fallback: the node's own limiter.
+        breaker: default `CircuitBreaker("redis_limits", call_timeout=PRIMARY_TIMEOUT)`, counting
+            `LimiterUnavailable` and timeouts as failures.
     """
 
-    def __init__(self, primary: Limiter, fallback: Limiter) -> None:
+    def __init__(self, primary: Limiter, fallback: Limiter, breaker: CircuitBreaker | None = None) -> None:
         self._primary = primary
         self._fallback = fallback
+        self._breaker = breaker or CircuitBreaker(
+            "redis_limits", call_timeout=PRIMARY_TIMEOUT, failure_types=(LimiterUnavailable,)
+        )
         self._degraded = False
 
     async def hit(self, rate: Rate, subject: str) -> Decision:
         try:
-            decision = await self._primary.hit(rate, subject)
-        except LimiterUnavailable as exc:
+            decision = await self._breaker.call(self._primary.hit, rate, subject)
+        except _PRIMARY_FAILED as exc:
             self._failed(exc)
             return await self._fallback.hit(rate, subject)
         self._recovered()
@@ -256,8 +278,8 @@ class FallbackLimiter:
     async def block(self, subject: str, seconds: float) -> None:
         await self._fallback.block(subject, seconds)  # also locally: it must hold through an outage
         try:
-            await self._primary.block(subject, seconds)
-        except LimiterUnavailable as exc:
+            await self._breaker.call(self._primary.block, subject, seconds)
+        except _PRIMARY_FAILED as exc:
             self._failed(exc)
         else:
             self._recovered()
@@ -265,14 +287,14 @@ class FallbackLimiter:
     async def blocked_for(self, subject: str) -> float:
         local = await self._fallback.blocked_for(subject)
         try:
-            shared = await self._primary.blocked_for(subject)
-        except LimiterUnavailable as exc:
+            shared = await self._breaker.call(self._primary.blocked_for, subject)
+        except _PRIMARY_FAILED as exc:
             self._failed(exc)
             return local
         self._recovered()
         return max(local, shared)
 
-    def _failed(self, exc: LimiterUnavailable) -> None:
+    def _failed(self, exc: Exception) -> None:
         if not self._degraded:
             self._degraded = True
             _log.warning("shared limiter unavailable, enforcing limits per node: %s", exc.__cause__ or exc)
