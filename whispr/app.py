@@ -43,6 +43,7 @@ from whispr.api.routes import http_routes
 from whispr.api.service import ServiceApi
 from whispr.channels.user import make_router
 from whispr.cluster import ClusterManager
+from whispr.cluster.health import HealthThresholds, OverloadGuard
 from whispr.config import Settings
 from whispr.delivery.deps import Deps, Guard
 from whispr.delivery.store import MessageStore, StoreUnavailable
@@ -75,7 +76,6 @@ from whispr.security.user_service import UserService
 _log = logging.getLogger("whispr.app")
 
 PURGE_INTERVAL = 600.0  # seconds between offline-retention purges
-MAX_CONNECTIONS = 15_000  # per node: the machine allows 20,000 open files per process
 
 
 @dataclass
@@ -308,7 +308,9 @@ async def _endpoint_child(node: Node, *, task_status: trio.TaskStatus[tuple[str,
     pubsub = _needs(node.pubsub, "pubsub")
     deps = _needs(node.deps, "delivery")
     node.drainer = drainer = Drainer(drain_config(node.settings))
-    connect = drainer.wrap(make_connect(make_router(deps), pubsub, authenticator(node)))
+    # Redirect mode: an overloaded node answers new sockets 503 + Retry-After (whispr.cluster.health)
+    overload = OverloadGuard(health_thresholds(node.settings), lambda: len(drainer))
+    connect = drainer.wrap(make_connect(make_router(deps), pubsub, authenticator(node), overload=overload.refusal))
     ready = readiness(node)
 
     async def metrics() -> tuple[bytes, str]:
@@ -322,6 +324,7 @@ async def _endpoint_child(node: Node, *, task_status: trio.TaskStatus[tuple[str,
     )
     stop = supervisors.trap_shutdown()  # asked to stop (SIGTERM): drain before the tree goes on
     async with trio.open_nursery() as nursery:
+        await nursery.start(overload.run)
         node.address = await nursery.start(node.endpoint.serve)
         task_status.started(node.address)
         await stop.wait()
@@ -411,6 +414,16 @@ def limits_config(settings: Settings) -> LimitsConfig:
     )
 
 
+def health_thresholds(settings: Settings) -> HealthThresholds:
+    """The redirect-mode limits (contract.md §1: 503 + Retry-After when overloaded)."""
+    return HealthThresholds(
+        max_connections=settings.max_connections,
+        max_loop_lag=settings.max_loop_lag,
+        max_rss=settings.max_rss,
+        retry_after=settings.overload_retry_after,
+    )
+
+
 def endpoint_config(settings: Settings, *, reuse_port: bool = False) -> EndpointConfig:
     """The listener: address, TLS, and the socket limits (contract.md §1, §5)."""
     return EndpointConfig(
@@ -453,7 +466,7 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     """
     drain_config(settings)  # refuse a drain window that the grace would cut short, before starting
     setup_logging(settings)
-    node = Node(settings, Metrics(settings.node_id, max_connections=MAX_CONNECTIONS), reuse_port=reuse_port)
+    node = Node(settings, Metrics(settings.node_id, max_connections=settings.max_connections), reuse_port=reuse_port)
 
     async def main() -> None:
         async with open_bridge():

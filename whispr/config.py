@@ -56,6 +56,11 @@ class Settings:
     joins_per_minute: int = 30  # per socket ("channel hopping")
     max_content_bytes: int = 10_000  # UTF-8 bytes of a message's content
     user_service_url: str = ""  # "" = the store's users table; else GET {url}/users/{id} -> {"active": bool}
+    # Redirect mode (whispr.cluster.health): past any of these, new sockets get 503 + Retry-After.
+    max_connections: int = 15_000  # open sockets per node: the machine allows 20,000 open files per process
+    max_loop_lag: float = 0.25  # seconds: a saturated loop, not one unlucky tick (reliability.md D2: 0.1 s)
+    max_rss: int = 1536 * 1024 * 1024  # bytes: 1.5 GiB, under a 2 GiB container limit
+    overload_retry_after: int = 5  # seconds, the Retry-After of an overload refusal
 
     _ENV_PREFIX = "WHISPR_"
 
@@ -138,6 +143,9 @@ class Settings:
             raise ConfigError(f"idle_timeout must be positive, got {self.idle_timeout}")
         if self.shutdown_grace <= 0:
             raise ConfigError(f"shutdown_grace must be positive, got {self.shutdown_grace}")
+        for name in ("max_connections", "max_loop_lag", "max_rss", "overload_retry_after"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def _dev_secret(path: Path) -> str:

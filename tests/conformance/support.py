@@ -1,4 +1,8 @@
-"""Helpers of the conformance suite: a node with users, a raw WebSocket client, frame catalogues.
+"""Helpers of the conformance suite: the server under test, a raw WebSocket client, frame catalogues.
+
+`Server` is what the cases talk to: one node, or nginx in front of two nodes (conftest.py runs every
+case against both). Cases reach the nodes' internals only through it: `store` (one store, shared
+by the nodes), `nodes` (e.g. to relax a limit on each) and `node_of` (the node holding a socket).
 
 `RawSocket` is a WebSocket client built on `websockets`' sans-I/O `ClientProtocol`, driven by a Trio
 TCP stream, so that it runs in the same Trio loop as the node and every wait is cancellable. It sends
@@ -14,7 +18,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from websockets.client import ClientProtocol
@@ -25,6 +29,8 @@ from websockets.uri import parse_uri
 
 from tests.node import RunningNode
 from tests.phoenix_js import run_scenario_async
+from whispr.app import Node
+from whispr.delivery.store import MessageStore
 
 HARNESS_TIMEOUT = 45.0
 """Seconds one phoenix.js run may take, Node start-up included (its own deadline_ms is shorter)."""
@@ -33,12 +39,64 @@ PRESENCE_WAIT_MS = 12_000
 
 
 # ---------------------------------------------------------------------------------------------------
+# The server under test
+
+
+class Reachable(Protocol):
+    """Where clients connect: a `RunningNode` or a `Server`."""
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def socket_url(self) -> str: ...
+
+
+@dataclass
+class Server:
+    """The nodes under test and the port clients connect to (a node's own, or nginx's in front)."""
+
+    nodes: list[RunningNode]
+    port: int
+
+    @property
+    def socket_url(self) -> str:
+        """The phoenix.js endpoint base (the client appends /websocket)."""
+        return f"ws://127.0.0.1:{self.port}/socket"
+
+    @property
+    def store(self) -> MessageStore:
+        """The store (the nodes share it): for setting up and inspecting data."""
+        store = self.nodes[0].node.store
+        assert store is not None
+        return store
+
+    @property
+    def stores(self) -> list[MessageStore]:
+        """Each node's own store object: to plant a fault wherever the socket landed."""
+        stores = [running.node.store for running in self.nodes]
+        assert all(store is not None for store in stores)
+        return stores  # type: ignore[return-value]
+
+    def token(self, user_id: str, device_id: str, ttl: float = 3600.0, device_type: str | None = None) -> str:
+        return self.nodes[0].token(user_id, device_id, ttl, device_type)
+
+    async def add_user(self, user_id: str, active: bool = True) -> None:
+        await self.nodes[0].add_user(user_id, active)
+
+    def node_of(self, user: str, device: str) -> Node:
+        """The node whose connection registry holds the device's socket."""
+        [node] = [running.node for running in self.nodes if _described(running.node, user, device) is not None]
+        return node
+
+
+# ---------------------------------------------------------------------------------------------------
 # phoenix.js runs
 
 
-async def run_js(node: RunningNode, scenario: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    """`run_scenario_async` against `node`, bounded by HARNESS_TIMEOUT."""
-    return await run_scenario_async(node.socket_url, scenario, args, timeout=HARNESS_TIMEOUT, **kw)
+async def run_js(server: Reachable, scenario: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    """`run_scenario_async` against `server`, bounded by HARNESS_TIMEOUT."""
+    return await run_scenario_async(server.socket_url, scenario, args, timeout=HARNESS_TIMEOUT, **kw)
 
 
 def recv_frames(result: dict[str, Any], socket: str = "s1", **fields: Any) -> list[dict[str, Any]]:
@@ -68,13 +126,22 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def has_joined(node: RunningNode, user: str, device: str, *topics: str) -> bool:
-    """True when the node's connection registry shows the device's socket with all `topics` joined."""
-    assert node.node.deps is not None
-    for conn in node.node.deps.connections.describe():
-        if conn["user_id"] == user and conn["device_id"] == device:
+def has_joined(server: Server, user: str, device: str, *topics: str) -> bool:
+    """True when a node's connection registry shows the device's socket with all `topics` joined."""
+    for running in server.nodes:
+        conn = _described(running.node, user, device)
+        if conn is not None:
             return all(t in conn["topics"] for t in topics)  # type: ignore[operator]
     return False
+
+
+def _described(node: Node, user: str, device: str) -> dict[str, object] | None:
+    """The node's registry entry of the device's socket, if it holds one."""
+    assert node.deps is not None
+    for conn in node.deps.connections.describe():
+        if conn["user_id"] == user and conn["device_id"] == device:
+            return conn
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -191,7 +258,7 @@ class RawSocket:
 
 @asynccontextmanager
 async def open_raw(
-    node: RunningNode,
+    server: Reachable,
     query: str,
     *,
     forwarded_for: str | None = None,
@@ -203,7 +270,7 @@ async def open_raw(
     `forwarded_for` sets `X-Forwarded-For` (the suite's nodes trust 127.0.0.0/8 as a proxy), so that
     many raw clients do not share one client IP's connection cap and connect budget.
     """
-    uri = parse_uri(f"ws://127.0.0.1:{node.port}/socket/websocket?{query}")
+    uri = parse_uri(f"ws://127.0.0.1:{server.port}/socket/websocket?{query}")
     protocol = ClientProtocol(uri, subprotocols=list(subprotocols) if subprotocols else None, max_size=None)
     request = protocol.connect()
     if forwarded_for is not None:
@@ -211,7 +278,7 @@ async def open_raw(
     for name, value in headers:
         request.headers[name] = value
     protocol.send_request(request)
-    stream = await trio.open_tcp_stream("127.0.0.1", node.port)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
     try:
         with trio.fail_after(10):
             await stream.send_all(b"".join(protocol.data_to_send()))

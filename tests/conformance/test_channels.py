@@ -7,7 +7,7 @@ and faults injected into the running node's store, as phoenix.js 1.8.16 sees the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,23 +27,31 @@ class InjectedFault(RuntimeError):
 
 
 @contextmanager
-def fault_once(obj: object, method: str, when: Callable[..., bool] = lambda *a, **k: True) -> Iterator[list[Any]]:
-    """Make `obj.method` raise `InjectedFault` on the first call for which `when(*args)` holds; restored
-    on exit. Yields the list of argument tuples of the calls that raised (at most one)."""
-    original: Callable[..., Awaitable[Any]] = getattr(obj, method)
+def fault_once(
+    objects: Sequence[object], method: str, when: Callable[..., bool] = lambda *a, **k: True
+) -> Iterator[list[Any]]:
+    """Make `method` of `objects` (every node's store: the socket may land on any) raise `InjectedFault`
+    on the first call, on any of them, for which `when(*args)` holds; restored on exit. Yields the list
+    of argument tuples of the calls that raised (at most one)."""
     raised: list[Any] = []
 
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not raised and when(*args, **kwargs):
-            raised.append(args)
-            raise InjectedFault(f"injected fault in {method}")
-        return await original(*args, **kwargs)
+    def planted(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not raised and when(*args, **kwargs):
+                raised.append(args)
+                raise InjectedFault(f"injected fault in {method}")
+            return await original(*args, **kwargs)
 
-    setattr(obj, method, wrapper)
+        return wrapper
+
+    originals = [getattr(obj, method) for obj in objects]
+    for obj, original in zip(objects, originals, strict=True):
+        setattr(obj, method, planted(original))
     try:
         yield raised
     finally:
-        setattr(obj, method, original)
+        for obj, original in zip(objects, originals, strict=True):
+            setattr(obj, method, original)
 
 
 def connect(world: World, user: str = "alice", device: str = "d1", socket: str = "s1", **kw: Any) -> dict[str, Any]:
@@ -54,7 +62,7 @@ def connect(world: World, user: str = "alice", device: str = "d1", socket: str =
 
 
 async def test_09_join_ok_echoes_both_refs_and_later_pushes_carry_join_ref(world: World) -> None:
-    result = await run_js(world.node, "join", {"topic": "user:alice", "params": world.params("alice", "d1")})
+    result = await run_js(world.server, "join", {"topic": "user:alice", "params": world.params("alice", "d1")})
     summary = result["summary"]
     assert summary["status"] == "ok"
     join_ref = summary["join_ref"]
@@ -83,7 +91,7 @@ async def test_09_join_ok_echoes_both_refs_and_later_pushes_carry_join_ref(world
 @pytest.mark.parametrize("topic", ["conversation", "notification"])
 async def test_09_join_ok_on_conversation_and_notification(world: World, topic: str) -> None:
     name = world.conv_topic if topic == "conversation" else "notification:alice"
-    result = await run_js(world.node, "join", {"topic": name, "params": world.params("alice", "d1")})
+    result = await run_js(world.server, "join", {"topic": name, "params": world.params("alice", "d1")})
     summary = result["summary"]
     assert summary["status"] == "ok"
     assert summary["reply_frame"]["join_ref"] == summary["reply_frame"]["ref"] == summary["join_ref"]
@@ -110,7 +118,9 @@ async def test_09_join_ok_on_conversation_and_notification(world: World, topic: 
 async def test_10_join_refused_with_reason_and_no_phx_close(world: World, topic: str, reason: str) -> None:
     if topic == "conversation:other":
         topic = f"conversation:{world.other_conversation}"
-    result = await run_js(world.node, "join", {"topic": topic, "params": world.params("alice", "d1"), "after_ms": 300})
+    result = await run_js(
+        world.server, "join", {"topic": topic, "params": world.params("alice", "d1"), "after_ms": 300}
+    )
     summary = result["summary"]
     assert summary["status"] == "error"
     assert summary["response"] == {"reason": reason}
@@ -127,7 +137,6 @@ async def test_10_join_refused_with_reason_and_no_phx_close(world: World, topic:
 
 
 async def test_11_join_crash_is_refused_and_socket_survives(world: World) -> None:
-    store = world.node.node.store
     conv = world.conv_topic
     steps = [
         connect(world),
@@ -137,8 +146,8 @@ async def test_11_join_crash_is_refused_and_socket_survives(world: World) -> Non
         {"op": "join", "topic": conv, "channel": "c2"},  # a new channel object, same topic: joins
         {"op": "push", "channel": "c2", "event": "message_read", "payload": {"up_to_seq": 0}},
     ]
-    with fault_once(store, "is_member") as raised:
-        result = await run_js(world.node, "script", {"steps": steps})
+    with fault_once(world.server.stores, "is_member") as raised:
+        result = await run_js(world.server, "script", {"steps": steps})
     assert len(raised) == 1
     [crashed] = events_of(result, "join_reply", channel="c1")
     assert crashed["status"] == "error"
@@ -157,7 +166,7 @@ async def test_11_join_crash_is_refused_and_socket_survives(world: World) -> Non
 
 async def test_12_join_of_unrouted_topic_is_unmatched_with_null_join_ref(world: World) -> None:
     args = {"topic": "room:lobby", "event": "ping", "params": world.params("alice", "d1")}
-    result = await run_js(world.node, "unmatched", args)
+    result = await run_js(world.server, "unmatched", args)
     summary = result["summary"]
     assert summary["status"] == "error"
     assert summary["response"] == {"reason": "unmatched topic"}
@@ -176,19 +185,19 @@ async def test_12_join_of_unrouted_topic_is_unmatched_with_null_join_ref(world: 
 async def test_13_101st_channel_is_refused_too_many_channels(world: World) -> None:
     """The channel cap (100) can only be reached with the join rate (30/min, contract §5) raised: the
     node has no setting for it, so the test relaxes the running gatekeeper's limits before connecting."""
-    node = world.node.node
-    assert node.gatekeeper is not None
-    assert node.store is not None
-    node.gatekeeper._limits = dataclasses.replace(  # type: ignore[attr-defined]
-        LimitsConfig(), join_rate=Rate("join", 1000, 60.0, "sliding_window")
-    )
+    for running in world.server.nodes:
+        gatekeeper = running.node.gatekeeper
+        assert gatekeeper is not None
+        gatekeeper._limits = dataclasses.replace(  # type: ignore[attr-defined]
+            LimitsConfig(), join_rate=Rate("join", 1000, 60.0, "sliding_window")
+        )
     topics = ["user:alice", "notification:alice"]
     for _ in range(99):
-        topics.append(f"conversation:{await node.store.create_conversation(['alice'])}")
+        topics.append(f"conversation:{await world.server.store.create_conversation(['alice'])}")
     steps: list[dict[str, Any]] = [connect(world)]
     steps += [{"op": "join", "topic": t, "channel": f"c{i}"} for i, t in enumerate(topics)]
     steps += [{"op": "push", "channel": "c0", "event": "ping"}]
-    result = await run_js(world.node, "script", {"steps": steps, "deadline_ms": 30_000})
+    result = await run_js(world.server, "script", {"steps": steps, "deadline_ms": 30_000})
     replies = events_of(result, "join_reply")
     assert [r["status"] for r in replies[:100]] == ["ok"] * 100
     last = replies[100]
@@ -201,8 +210,7 @@ async def test_13_101st_channel_is_refused_too_many_channels(world: World) -> No
 
 async def _join_flood(world: World) -> tuple[dict[str, Any], dict[str, Any]]:
     """30 joins on one socket (the contract's per-minute budget), then a 31st; (result, ws_close)."""
-    store = world.node.node.store
-    assert store is not None
+    store = world.server.store
     topics = ["user:alice", "notification:alice"]
     for _ in range(28):
         topics.append(f"conversation:{await store.create_conversation(['alice'])}")
@@ -210,7 +218,7 @@ async def _join_flood(world: World) -> tuple[dict[str, Any], dict[str, Any]]:
     steps += [{"op": "join", "topic": t, "channel": f"c{i}"} for i, t in enumerate(topics)]
     steps += [{"op": "join", "topic": world.conv_topic, "channel": "over", "wait": False}]
     steps += [{"op": "wait", "match": {"kind": "ws_close"}}]
-    result = await run_js(world.node, "script", {"steps": steps, "deadline_ms": 30_000})
+    result = await run_js(world.server, "script", {"steps": steps, "deadline_ms": 30_000})
     assert [r["status"] for r in events_of(result, "join_reply")][:30] == ["ok"] * 30
     [close] = events_of(result, "ws_close")
     return result, close
@@ -244,7 +252,7 @@ def sent_frames_of(result: dict[str, Any], event: str, topic: str) -> list[dict[
 
 async def test_14_duplicate_join_replies_ok_then_closes_old_join(world: World) -> None:
     args = {"topic": world.conv_topic, "params": world.params("alice", "d1")}
-    result = await run_js(world.node, "duplicate_join", args)
+    result = await run_js(world.server, "duplicate_join", args)
     summary = result["summary"]
     first, second = summary["first_join_ref"], summary["second_join_ref"]
     assert first != second
@@ -283,7 +291,7 @@ async def test_14_after_duplicate_join_only_the_new_instance_is_subscribed(world
         {"op": "push", "channel": "bc", "event": "message_read", "payload": {"up_to_seq": 1}},
         {"op": "wait", "match": {"kind": "recv", "socket": "a", "topic": conv, "event": "message_status"}},
     ]
-    result = await run_js(world.node, "script", {"steps": steps})
+    result = await run_js(world.server, "script", {"steps": steps})
     [dup] = events_of(result, "raw_sent", id="dup")
     old_join_ref = events_of(result, "join_reply", channel="ac")[0]["join_ref"]
     [close] = recv_frames(result, "a", event="phx_close")
@@ -307,7 +315,7 @@ async def test_15_push_reply_carries_request_ref_and_channel_join_ref(world: Wor
         {"event": "no_such_event"},
     ]
     args = {"topic": "user:alice", "params": world.params("alice", "d1"), "pushes": pushes}
-    result = await run_js(world.node, "push", args)
+    result = await run_js(world.server, "push", args)
     join_ref = result["summary"]["join"]["join_ref"]
     replies = result["summary"]["replies"]
     assert [(r["event"], r["status"]) for r in replies] == [
@@ -345,7 +353,7 @@ async def test_15_broadcasts_arrive_with_null_join_ref_and_ref(world: World) -> 
         {"op": "wait", "match": {"kind": "chan_msg", "channel": "ac", "event": "message_status"}},
         {"op": "wait", "match": {"kind": "chan_msg", "channel": "ac", "event": "user_typing"}},
     ]
-    result = await run_js(world.node, "script", {"steps": steps})
+    result = await run_js(world.server, "script", {"steps": steps})
     [send] = events_of(result, "push_reply", channel="bc", event="send_message")
     assert send["status"] == "ok"
     assert send["response"]["seq"] == 1
@@ -391,7 +399,7 @@ async def test_15_new_message_reaches_online_members_live(world: World) -> None:
         {"op": "wait", "match": {"kind": "chan_msg", "channel": "au", "event": "new_message"}, "wait_ms": 3000},
         {"op": "wait", "match": {"kind": "chan_msg", "channel": "bc", "event": "new_message"}, "wait_ms": 3000},
     ]
-    result = await run_js(world.node, "script", {"steps": steps})
+    result = await run_js(world.server, "script", {"steps": steps})
     [send] = events_of(result, "push_reply", channel="bc", event="send_message")
     for socket, channel in (("a", "ac"), ("a", "au"), ("b", "bc")):
         [frame] = [
@@ -436,15 +444,14 @@ async def test_16_push_to_unjoined_topic_is_unmatched_and_reaches_no_channel(wor
         },
         {"op": "push", "channel": "u", "event": "ping"},
     ]
-    result = await run_js(world.node, "script", {"steps": steps})
+    result = await run_js(world.server, "script", {"steps": steps})
     for raw in events_of(result, "raw_sent"):
         [reply] = recv_frames(result, ref=raw["ref"], event="phx_reply")
         assert reply["join_ref"] is None
         assert reply["topic"] == conv
         assert reply["payload"] == {"status": "error", "response": {"reason": "unmatched topic"}}
     assert events_of(result, "push_reply", channel="u")[0]["status"] == "ok"
-    store = world.node.node.store
-    assert store is not None
+    store = world.server.store
     assert (await store.messages_after(world.conversation, 0, 10)).messages == []  # nothing was stored
 
 
@@ -459,7 +466,7 @@ async def test_17_stale_join_ref_is_ignored_and_null_join_ref_accepted(world: Wo
         {"op": "raw_push", "topic": "user:alice", "event": "ping", "join_ref_of": "u", "wait": False, "id": "stale"},
         {"op": "raw_push", "topic": "user:alice", "event": "ping", "join_ref": None, "id": "null"},
     ]
-    result = await run_js(world.node, "script", {"steps": steps})
+    result = await run_js(world.server, "script", {"steps": steps})
     raws = {e["id"]: e for e in events_of(result, "raw_sent")}
     first_join_ref = events_of(result, "join_reply", channel="u")[0]["join_ref"]
     assert raws["stale"]["join_ref"] == first_join_ref
@@ -476,7 +483,7 @@ async def test_17_stale_join_ref_is_ignored_and_null_join_ref_accepted(world: Wo
 
 async def test_18_leave_replies_ok_then_phx_close_and_later_push_is_unmatched(world: World) -> None:
     args = {"topic": "user:alice", "event": "ping", "params": world.params("alice", "d1")}
-    result = await run_js(world.node, "leave", args)
+    result = await run_js(world.server, "leave", args)
     summary = result["summary"]
     join_ref = summary["join_ref"]
     assert summary["leave_sent"]["join_ref"] == join_ref
@@ -506,7 +513,7 @@ async def test_18_leave_replies_ok_then_phx_close_and_later_push_is_unmatched(wo
 
 async def test_18_leave_of_topic_not_joined_is_ok(world: World) -> None:
     steps = [connect(world), {"op": "raw_push", "topic": "user:alice", "event": "phx_leave", "id": "leave"}]
-    result = await run_js(world.node, "script", {"steps": steps})
+    result = await run_js(world.server, "script", {"steps": steps})
     [raw] = events_of(result, "raw_sent")
     [reply] = recv_frames(result, ref=raw["ref"])
     assert reply["payload"] == {"status": "ok", "response": {}}
@@ -517,7 +524,6 @@ async def test_18_leave_of_topic_not_joined_is_ok(world: World) -> None:
 
 
 async def test_19_channel_crash_sends_phx_error_and_phoenix_js_rejoins(world: World) -> None:
-    store = world.node.node.store
     steps = [
         connect(world, rejoin_ms=50),
         {"op": "join", "topic": "user:alice", "channel": "u"},
@@ -539,8 +545,8 @@ async def test_19_channel_crash_sends_phx_error_and_phoenix_js_rejoins(world: Wo
         {"op": "push", "channel": "n", "event": "notification_read", "payload": {"ids": []}, "id": "n"},
         {"op": "push", "channel": "c", "event": "message_read", "payload": {"up_to_seq": 0}, "id": "c"},
     ]
-    with fault_once(store, "inbox_after", lambda user, after, limit: limit == 7) as raised:
-        result = await run_js(world.node, "script", {"steps": steps})
+    with fault_once(world.server.stores, "inbox_after", lambda user, after, limit: limit == 7) as raised:
+        result = await run_js(world.server, "script", {"steps": steps})
     assert raised == [("alice", 0, 7)]
     joins = events_of(result, "join_reply", channel="u")
     first, second = joins[0]["join_ref"], joins[1]["join_ref"]
@@ -572,7 +578,7 @@ async def test_19_channel_crash_sends_phx_error_and_phoenix_js_rejoins(world: Wo
 async def test_20_channel_stop_sends_phx_close_and_client_does_not_rejoin(world: World) -> None:
     """Membership revoked while joined: the next push is refused `not_member`, then `phx_close` for
     the channel's join_ref (contract §3), and phoenix.js does not rejoin (protocol.md §4.5)."""
-    node = world.node.node
+    node = world.server.nodes[0].node  # any node: the store is shared, revoke and broadcast reach every node
     assert node.store is not None
     assert node.deps is not None
     assert node.pubsub is not None
@@ -589,11 +595,11 @@ async def test_20_channel_stop_sends_phx_close_and_client_does_not_rejoin(world:
     results: dict[str, Any] = {}
 
     async def run() -> None:
-        results["r"] = await run_js(world.node, "script", {"steps": steps})
+        results["r"] = await run_js(world.server, "script", {"steps": steps})
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run)
-        await wait_until(lambda: has_joined(world.node, "alice", "d1", "user:alice", conv), what="alice joined")
+        await wait_until(lambda: has_joined(world.server, "alice", "d1", "user:alice", conv), what="alice joined")
         # what the service API's remove-member does (whispr.api.service)
         await node.store.remove_member(world.conversation, "alice")
         node.deps.live.revoke(world.conversation, "alice")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import jwt
@@ -17,9 +16,9 @@ import trio
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.conformance.conftest import World
+from tests.conformance.conftest import Deploy, World
 from tests.conformance.support import PhoenixRaw, Refused, open_raw, recv_frames, run_js
-from tests.node import SECRET, running_node
+from tests.node import SECRET
 from tests.phoenix_js import events_of
 from whispr.security.tokens import TokenConfig, mint_token
 
@@ -31,7 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 async def test_01_upgrade_101_with_phoenix_js(world: World) -> None:
     params = {"a": "1", **world.params("alice", "d1"), "z": "last"}  # the token between other params
-    result = await run_js(world.node, "connect", {"params": params})
+    result = await run_js(world.server, "connect", {"params": params})
     summary = result["summary"]
     assert summary["upgrade_status"] == 101
     assert summary["opened"] is True
@@ -49,9 +48,9 @@ async def test_01_upgrade_101_with_phoenix_js(world: World) -> None:
     ids=lambda order: "-".join(order),
 )
 async def test_01_query_parameters_in_any_order(world: World, order: tuple[str, ...]) -> None:
-    values = {"vsn": "2.0.0", "token": world.node.token("alice", "d1"), "x": "1", "y": "2"}
+    values = {"vsn": "2.0.0", "token": world.server.token("alice", "d1"), "x": "1", "y": "2"}
     query = "&".join(f"{k}={values[k]}" for k in order)
-    async with open_raw(world.node, query) as ws:
+    async with open_raw(world.server, query) as ws:
         assert ws.response.status_code == 101
         phx = PhoenixRaw(ws)
         ref = await phx.push("phoenix", "heartbeat", {})
@@ -92,17 +91,17 @@ async def test_02_bad_token_is_refused_with_403_and_client_retries(world: World,
         other = TokenConfig(algorithm="HS256", secret=b"another-secret-that-is-32-bytes-long!!")
         params = {"token": mint_token(other, "alice", "d1", ttl=3600)}
     else:
-        await world.node.add_user("mallory", active=False)
+        await world.server.add_user("mallory", active=False)
         params = world.params("mallory", "m1")
     # reconnect every 50 ms for 250 ms: a handful of attempts, well inside the connect budget
     args = {"params": params, "reconnect_ms": 50, "observe_ms": 250, "after_ms": 200}
-    result = await run_js(world.node, "refused", args)
+    result = await run_js(world.server, "refused", args)
     _assert_refused_403(result)
 
 
 async def test_02_refusal_is_an_empty_403_without_upgrade(world: World) -> None:
     with pytest.raises(Refused) as info:
-        async with open_raw(world.node, "token=not-a-jwt&vsn=2.0.0"):
+        async with open_raw(world.server, "token=not-a-jwt&vsn=2.0.0"):
             pass
     assert info.value.status == 403
     assert info.value.body == b""
@@ -113,7 +112,7 @@ async def test_02_refusal_is_an_empty_403_without_upgrade(world: World) -> None:
 
 async def test_03_unknown_vsn_is_refused_with_403(world: World) -> None:
     args = {"params": world.params("alice", "d1"), "vsn": "9.9.9", "reconnect_ms": 50, "observe_ms": 250}
-    result = await run_js(world.node, "refused", args)
+    result = await run_js(world.server, "refused", args)
     assert events_of(result, "ws_create")[0]["url"].endswith("&vsn=9.9.9")
     _assert_refused_403(result)
 
@@ -121,8 +120,8 @@ async def test_03_unknown_vsn_is_refused_with_403(world: World) -> None:
 async def test_03_missing_vsn_is_served_as_v1_object_frames(world: World) -> None:
     """contract.md §1: vsn 1.0.0 (the default when absent) is served with object frames, and no
     outbound frame ever carries join_ref (protocol.md §2.1, §10 item 27)."""
-    token = world.node.token("alice", "d1")
-    async with open_raw(world.node, f"token={token}") as ws:
+    token = world.server.token("alice", "d1")
+    async with open_raw(world.server, f"token={token}") as ws:
         assert ws.response.status_code == 101
         await ws.send_json({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": "1"})
         assert await ws.recv_json() == {
@@ -160,12 +159,12 @@ async def test_03_missing_vsn_is_served_as_v1_object_frames(world: World) -> Non
 
 
 async def test_06_auth_token_subprotocol_selects_phoenix(world: World) -> None:
-    token = world.node.token("alice", "d1")
+    token = world.server.token("alice", "d1")
     steps = [
         {"op": "connect", "auth_token": token},  # no token in the query at all
         {"op": "join", "topic": "user:alice", "channel": "u"},
     ]
-    result = await run_js(world.node, "script", {"steps": steps})
+    result = await run_js(world.server, "script", {"steps": steps})
     [create] = events_of(result, "ws_create")
     assert "token=" not in create["url"]
     assert create["protocols"][0] == "phoenix"
@@ -181,9 +180,9 @@ async def test_06_auth_token_subprotocol_selects_phoenix(world: World) -> None:
 
 
 async def test_06_subprotocols_without_phoenix_are_refused(world: World) -> None:
-    token = world.node.token("alice", "d1")
+    token = world.server.token("alice", "d1")
     with pytest.raises(Refused) as info:
-        async with open_raw(world.node, f"token={token}&vsn=2.0.0", subprotocols=["chat"]):
+        async with open_raw(world.server, f"token={token}&vsn=2.0.0", subprotocols=["chat"]):
             pass
     assert info.value.status == 403
 
@@ -193,7 +192,7 @@ async def test_06_subprotocols_without_phoenix_are_refused(world: World) -> None
 
 async def test_07_heartbeats_answered_and_socket_stays_open(world: World) -> None:
     args = {"params": world.params("alice", "d1"), "heartbeat_ms": 60, "duration_ms": 700}
-    result = await run_js(world.node, "heartbeat", args)
+    result = await run_js(world.server, "heartbeat", args)
     summary = result["summary"]
     assert summary["heartbeats_sent"] >= 4
     assert summary["heartbeats_answered"] >= summary["heartbeats_sent"] - 1  # the last may be in flight
@@ -209,14 +208,14 @@ async def test_07_heartbeats_answered_and_socket_stays_open(world: World) -> Non
 # -- 8. idle timeout -------------------------------------------------------------------------------
 
 
-async def test_08_idle_socket_closed_with_4000_and_heartbeats_keep_it_open(tmp_path: Path) -> None:
+async def test_08_idle_socket_closed_with_4000_and_heartbeats_keep_it_open(deploy: Deploy) -> None:
     """protocol.md §10 item 8 / contract.md §1: nothing received for the idle timeout → close 4000
     (never 1000); a client heartbeating more often than that stays open."""
-    async with running_node(tmp_path, idle_timeout=0.5) as node:
-        await node.add_user("alice")
+    async with deploy(idle_timeout=0.5) as server:
+        await server.add_user("alice")
 
         def url(device: str) -> str:
-            return f"ws://127.0.0.1:{node.port}/socket/websocket?vsn=2.0.0&token={node.token('alice', device)}"
+            return f"ws://127.0.0.1:{server.port}/socket/websocket?vsn=2.0.0&token={server.token('alice', device)}"
 
         def idle() -> int | None:
             with connect(url("phone"), open_timeout=10) as ws:

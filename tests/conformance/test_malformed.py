@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _query(world: World, user: str, device: str) -> str:
-    return f"token={world.node.token(user, device)}&vsn=2.0.0"
+    return f"token={world.server.token(user, device)}&vsn=2.0.0"
 
 
 # -- 26. a malformed frame closes only its socket ---------------------------------------------------
@@ -42,8 +42,8 @@ def _query(world: World, user: str, device: str) -> str:
 async def test_26_malformed_frame_closes_only_the_offending_socket(world: World, garbage: Garbage) -> None:
     conv = world.conv_topic
     async with (
-        open_raw(world.node, _query(world, "bob", "b1"), forwarded_for="10.0.0.2") as bystander_ws,
-        open_raw(world.node, _query(world, "alice", "d1"), forwarded_for="10.0.0.1") as offender_ws,
+        open_raw(world.server, _query(world, "bob", "b1"), forwarded_for="10.0.0.2") as bystander_ws,
+        open_raw(world.server, _query(world, "alice", "d1"), forwarded_for="10.0.0.1") as offender_ws,
     ):
         bystander, offender = PhoenixRaw(bystander_ws), PhoenixRaw(offender_ws)
         with trio.fail_after(10):
@@ -58,12 +58,12 @@ async def test_26_malformed_frame_closes_only_the_offending_socket(world: World,
             assert closed.value.code == garbage.close_code
             assert not [f for f in offender.received if f[1] == trailing]
             await offender_ws.aclose()  # a client closes TCP once the server's close frame (and FIN) came
-            await wait_until(lambda: not has_joined(world.node, "alice", "d1"), what="the offender to be gone")
+            await wait_until(lambda: not has_joined(world.server, "alice", "d1"), what="the offender to be gone")
             # the bystander: same node, same conversation, still served
             assert (await bystander.heartbeat())[4] == {"status": "ok", "response": {}}
             reply = await bystander.call(conv, "message_read", {"up_to_seq": 0})
             assert reply[4]["status"] == "ok"
-            assert has_joined(world.node, "bob", "b1", conv)
+            assert has_joined(world.server, "bob", "b1", conv)
             assert bystander_ws.close_code is None
 
 
@@ -72,7 +72,7 @@ async def test_26_frame_of_exactly_the_size_cap_is_accepted(world: World) -> Non
     frame = json.dumps([None, "1", "phoenix", "heartbeat", {}]).encode()
     padded = frame[:-1] + b" " * (MAX_MESSAGE - len(frame)) + b"]"
     assert len(padded) == MAX_MESSAGE
-    async with open_raw(world.node, _query(world, "alice", "d1"), forwarded_for="10.0.0.1") as ws:
+    async with open_raw(world.server, _query(world, "alice", "d1"), forwarded_for="10.0.0.1") as ws:
         with trio.fail_after(10):
             await ws.send_text(padded)
             assert await ws.recv_json() == [None, "1", "phoenix", "phx_reply", {"status": "ok", "response": {}}]
@@ -80,7 +80,7 @@ async def test_26_frame_of_exactly_the_size_cap_is_accepted(world: World) -> Non
 
 async def test_26_lone_surrogate_escape_is_valid_json_and_not_fatal(world: World) -> None:
     """`"\\ud800"` is legal JSON but has no UTF-8 form: the gateway must answer (ASCII-escaped), not crash."""
-    async with open_raw(world.node, _query(world, "alice", "d1"), forwarded_for="10.0.0.1") as ws:
+    async with open_raw(world.server, _query(world, "alice", "d1"), forwarded_for="10.0.0.1") as ws:
         phx = PhoenixRaw(ws)
         with trio.fail_after(10):
             await ws.send_text(b'[null,"s1","room:\\ud800","phx_join",{}]')
@@ -116,7 +116,7 @@ async def _flooder(world: World, done: trio.Event, stats: FloodStats) -> None:
         burst = [first, *GARBAGE, *small, *small]
         with trio.fail_after(15):
             async with open_raw(
-                world.node, _query(world, "flooder", f"f{n}"), forwarded_for=f"10.66.{n // 200}.{n % 200 + 1}"
+                world.server, _query(world, "flooder", f"f{n}"), forwarded_for=f"10.66.{n // 200}.{n % 200 + 1}"
             ) as ws:
                 stats.connections += 1
                 for garbage in burst:
@@ -131,7 +131,7 @@ async def _healthy(
 ) -> dict[str, Any]:
     user = f"h{i:02d}"
     conv = world.conv_topic
-    async with open_raw(world.node, _query(world, user, "d"), forwarded_for=f"10.20.0.{i + 1}") as ws:
+    async with open_raw(world.server, _query(world, user, "d"), forwarded_for=f"10.20.0.{i + 1}") as ws:
         phx = PhoenixRaw(ws)
         conv_ref, reply = await phx.join(conv)
         assert reply["status"] == "ok", reply
@@ -163,20 +163,19 @@ async def _healthy(
                 )
             received = sorted(f[4]["client_message_id"] for f in messages)
         await flood_done.wait()  # stay connected through the whole flood
-        assert has_joined(world.node, user, "d", conv, f"user:{user}")
+        assert has_joined(world.server, user, "d", conv, f"user:{user}")
         assert (await phx.heartbeat())[4]["status"] == "ok"  # still open at the end
         assert ws.close_code is None
         return {"user": user, "seqs": seqs, "received": received}
 
 
 async def _flood_with_healthy_traffic(world: World, live: bool) -> tuple[FloodStats, list[dict[str, Any]]]:
-    store = world.node.node.store
-    assert store is not None
+    store = world.server.store
     users = [f"h{i:02d}" for i in range(HEALTHY)]
     for user in users:
-        await world.node.add_user(user)
+        await world.server.add_user(user)
     world.conversation = await store.create_conversation(users)
-    await world.node.add_user("flooder")
+    await world.server.add_user("flooder")
     stats = FloodStats()
     flood_done = trio.Event()
     everyone_joined = trio.Event()

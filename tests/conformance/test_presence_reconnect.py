@@ -33,7 +33,7 @@ async def test_21_client_closing_transport_makes_its_presence_leave(world: World
         "wait_ms": PRESENCE_WAIT_MS,
         "deadline_ms": 30_000,
     }
-    result = await run_js(world.node, "presence", args)
+    result = await run_js(world.server, "presence", args)
     summary = result["summary"]
     both = next(s for s in summary["a_syncs"] if s["meta_count"] == 2)
     [entry] = both["list"]
@@ -70,7 +70,7 @@ async def test_23_presence_two_sockets_one_key_two_metas_and_leave_removes_that_
             "wait_ms": PRESENCE_WAIT_MS,
         },
     ]
-    result = await run_js(world.node, "script", {"steps": steps, "deadline_ms": 30_000})
+    result = await run_js(world.server, "script", {"steps": steps, "deadline_ms": 30_000})
     syncs = events_of(result, "presence_sync", channel="a")
     both = next(s for s in syncs if s["meta_count"] == 2)
     assert both["keys"] == ["alice"]  # one key per user...
@@ -129,13 +129,13 @@ async def test_22_server_kick_closes_that_socket_1001_and_phoenix_js_reconnects_
     results: dict[str, Any] = {}
 
     async def run() -> None:
-        results["r"] = await run_js(world.node, "script", {"steps": steps})
+        results["r"] = await run_js(world.server, "script", {"steps": steps})
 
-    connections = world.node.node.deps.connections  # type: ignore[union-attr]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run)
-        await wait_until(lambda: has_joined(world.node, "alice", "d1", "user:alice", conv), what="alice joined")
-        await wait_until(lambda: has_joined(world.node, "bob", "b1", conv), what="bob joined")
+        await wait_until(lambda: has_joined(world.server, "alice", "d1", "user:alice", conv), what="alice joined")
+        await wait_until(lambda: has_joined(world.server, "bob", "b1", conv), what="bob joined")
+        connections = world.server.node_of("alice", "d1").deps.connections  # type: ignore[union-attr]
         assert connections.disconnect_device("alice", "d1") is True
     result = results["r"]
     [close] = events_of(result, "ws_close", socket="a")
@@ -203,12 +203,12 @@ async def test_24_reconnect_after_drop_catches_up_messages_sent_while_away(world
     results: dict[str, Any] = {}
 
     async def run() -> None:
-        results["r"] = await run_js(world.node, "script", {"steps": steps, "deadline_ms": 30_000})
+        results["r"] = await run_js(world.server, "script", {"steps": steps, "deadline_ms": 30_000})
 
-    connections = world.node.node.deps.connections  # type: ignore[union-attr]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run)
-        await wait_until(lambda: has_joined(world.node, "alice", "d1", "user:alice", conv), what="alice joined")
+        await wait_until(lambda: has_joined(world.server, "alice", "d1", "user:alice", conv), what="alice joined")
+        connections = world.server.node_of("alice", "d1").deps.connections  # type: ignore[union-attr]
         assert connections.disconnect_device("alice", "d1") is True
     result = results["r"]
     assert events_of(result, "ws_close", socket="a")[0]["code"] == 1001

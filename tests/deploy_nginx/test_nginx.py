@@ -3,12 +3,14 @@
 The phoenix.js client connects through nginx, joins `user:`, pings; a second client lands on the
 other node (least_conn) and receives a message the first one sends; a client's X-Forwarded-For
 reaches the node, which trusts nginx (WHISPR_TRUSTED_PROXIES=127.0.0.1/32); /metrics is not
-exposed; a draining node's 503 sends new sockets to the other node (proxy_next_upstream).
+exposed; a draining node's 503 sends new sockets to the other node (proxy_next_upstream), and so
+does an overloaded node's (redirect mode, whispr.cluster.health).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,36 @@ async def test_phoenix_js_through_nginx_in_front_of_two_nodes(
                 url = f"ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0&token={a.token('carol', device)}"
                 async with open_websocket(url):
                     assert _where([other], "carol") == other.settings.node_id
+
+
+async def test_an_overloaded_node_refuses_503_and_nginx_sends_the_socket_to_the_other_node(
+    tmp_path: Path, fresh_redis: RedisServer, postgres: PostgresServer
+) -> None:
+    store_url = f"postgresql://postgres@127.0.0.1:{postgres.port}/whispr"
+    common = {"redis_url": fresh_redis.url, "store_url": store_url, "trusted_proxies": ("127.0.0.1/32",)}
+    user = f"overload-{uuid.uuid4().hex[:8]}"
+    async with (
+        running_node(tmp_path / "a", node_id="full-a", max_connections=1, **common) as full,
+        running_node(tmp_path / "b", node_id="free-b", **common) as free,
+    ):
+        await full.add_user(user)
+        assert full.node.drainer is not None
+        # fill node a behind nginx's back: nginx still counts 0 connections there and picks it
+        async with open_websocket(
+            f"ws://127.0.0.1:{full.port}/socket/websocket?vsn=2.0.0&token={full.token(user, 'd0')}"
+        ):
+            with trio.fail_after(10):
+                while len(full.node.drainer) < 1:  # noqa: ASYNC110 - the node offers no event for it
+                    await trio.sleep(0.01)
+            with running_nginx(tmp_path / "nginx", [full.port, free.port]) as port:
+                for device in ("d1", "d2"):  # least_conn sends at least one of the two to a first
+                    url = f"ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0&token={full.token(user, device)}"
+                    async with open_websocket(url):
+                        assert _where([free], user) == free.settings.node_id
+        rendered = full.node.metrics.render()[0].decode()
+        refused = [
+            line
+            for line in rendered.splitlines()
+            if line.startswith("whispr_connections_refused_total{") and "overloaded_connections" in line
+        ]
+        assert refused, "node a never refused: nginx did not try it"

@@ -3,7 +3,8 @@
 The checks run in the order of `Phoenix.Transports.WebSocket.call/2` (protocol.md §1.2), after
 the endpoint's own (method, origin, limits):
 
-1. The path must be `/socket/websocket` (anything else, long-poll included, is 404: §9).
+1. The path must be `/socket/websocket` (anything else, long-poll included, is 404: §9); an
+   overloaded node then refuses with 503 + Retry-After (contract.md §1), before any token work.
 2. `authToken` (§1.3): exactly one offered subprotocol starting with `base64url.bearer.phx.` is
    the token, in **standard** base64 (`+`, `/`) without padding; it is removed from the offer
    (several such entries are ignored, as Phoenix does). Undecodable → 403.
@@ -66,12 +67,20 @@ def make_connect(
     authenticate: Authenticate,
     *,
     max_channels: int = DEFAULT_MAX_CHANNELS,
+    overload: Callable[[], Refuse | None] = _nothing,
 ) -> Connect:
-    """The endpoint's `connect` for Phoenix sockets served by `router` (see the module docstring)."""
+    """The endpoint's `connect` for Phoenix sockets served by `router` (see the module docstring).
+
+    `overload()` is asked before the token is looked at: the refusal it returns (503 when the node
+    is overloaded, `whispr.cluster.health`) is answered at once. It must be O(1) and never block.
+    """
 
     async def connect(request: UpgradeRequest) -> Accept | Refuse:
         if request.path != SOCKET_PATH:
             return Refuse(404, "not found")
+        refusal = overload()
+        if refusal is not None:
+            return refusal
         try:
             protocol_token, offered = _split_auth_token(request.subprotocols)
         except ValueError:
