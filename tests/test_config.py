@@ -18,6 +18,7 @@ def test_environment_variables_override_defaults() -> None:
             "WHISPR_DEV": "true",
             "WHISPR_ALLOWED_ORIGINS": "https://a.example, https://b.example",
             "WHISPR_SHUTDOWN_GRACE": "2.5",
+            "WHISPR_MAX_LOOP_LAG": "0.5",
             "WHISPR_DATA_DIR": "/srv/whispr",
             "UNRELATED": "x",
         }
@@ -26,6 +27,7 @@ def test_environment_variables_override_defaults() -> None:
     assert settings.dev is True
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
     assert settings.shutdown_grace == 2.5
+    assert settings.max_loop_lag == 0.5
     assert settings.data_dir == Path("/srv/whispr")
     assert settings.resolved_store_url == "sqlite:////srv/whispr/whispr.db"
 
@@ -60,6 +62,10 @@ VALID = Settings(jwt_secret="x" * 32)
         ({"idle_timeout": 0.0}, "idle_timeout must be positive"),
         ({"messages_per_minute": 0}, "messages_per_minute must be at least 1"),
         ({"max_content_bytes": 0}, "max_content_bytes must be at least 1"),
+        ({"max_connections": 0}, "max_connections must be positive"),
+        ({"max_loop_lag": 0.0}, "max_loop_lag must be positive"),
+        ({"max_rss": -1}, "max_rss must be positive"),
+        ({"overload_retry_after": 0}, "overload_retry_after must be positive"),
     ],
 )
 def test_validation_names_the_wrong_setting(change: dict[str, object], message: str) -> None:
