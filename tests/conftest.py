@@ -1,4 +1,4 @@
-"""Shared fixtures: private Redis and PostgreSQL instances (see tests/services.py)."""
+"""Shared fixtures: private Redis, Redis Cluster and PostgreSQL instances (see tests/services.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import PostgresServer, RedisServer, postgres_server, redis_server
+from tests.services import (
+    PostgresServer,
+    RedisClusterServers,
+    RedisServer,
+    postgres_server,
+    redis_server,
+)
+from tests.services import redis_cluster as start_redis_cluster
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +28,21 @@ def fresh_redis() -> Iterator[RedisServer]:
     """A private Redis owned by one test, free to be killed, paused or restarted."""
     with redis_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """One private 3-master Redis Cluster for the session. Tests that restart or reshard it use
+    `fresh_redis_cluster`."""
+    with start_redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def fresh_redis_cluster() -> Iterator[RedisClusterServers]:
+    """A private 3-master Redis Cluster owned by one test, free to be resharded or restarted."""
+    with start_redis_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ directory, and is torn down by its context manager. Nothing here touches the mac
 so the suite runs the same where Redis and PostgreSQL are not running (only installed).
 
 Fault injection (`kill`, `pause`, `resume`, `stop`, `start`) is part of the API: reliability tests
-use it to count what a dependency fault loses.
+use it to count what a dependency fault loses. `RedisClusterServers` is a 3-master Redis Cluster
+made of cluster-mode `RedisServer`s (each also needs a free cluster bus port).
 """
 
 from __future__ import annotations
@@ -49,12 +50,17 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 
 
 class RedisServer:
-    """A private `redis-server` on a free port. `url` is what whispr's Redis adapter takes."""
+    """A private `redis-server` on a free port. `url` is what whispr's Redis adapter takes.
 
-    def __init__(self, appendonly: bool = False) -> None:
+    With `cluster_port`, the server runs in cluster mode (its cluster bus on that port, its
+    `nodes.conf` in its directory, so a restart rejoins the cluster as the same node).
+    """
+
+    def __init__(self, appendonly: bool = False, cluster_port: int | None = None) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="whispr-redis-"))
         self.appendonly = appendonly
+        self.cluster_port = cluster_port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,6 +73,10 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed: run `bash .ci/setup --dev`")
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir)]
         args += ["--appendonly", "yes" if self.appendonly else "no", "--enable-debug-command", "local"]
+        if self.cluster_port is not None:
+            # A 2 s node timeout: a killed master is marked failed (and the cluster down) quickly.
+            args += ["--cluster-enabled", "yes", "--cluster-port", str(self.cluster_port)]
+            args += ["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
 
@@ -97,6 +107,58 @@ class RedisServer:
                 self.proc.wait()
             self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisClusterServers:
+    """A private Redis Cluster: `masters` cluster-mode `RedisServer`s, no replicas, every slot assigned.
+
+    `url` is a `redis+cluster://` URL listing every master (whispr's seed list). Faults go through
+    `masters[i]` (`kill`/`start`, `pause`/`resume`); `wait_ok` waits for the cluster to serve again.
+    """
+
+    def __init__(self, masters: int = 3) -> None:
+        self.masters: list[RedisServer] = []
+        taken: set[int] = set()
+        while len(self.masters) < masters:
+            server = RedisServer(cluster_port=free_port())
+            if {server.port, server.cluster_port} & taken or server.port == server.cluster_port:
+                shutil.rmtree(server.dir, ignore_errors=True)  # free_port cannot see ports not bound yet
+                continue
+            taken |= {server.port, server.cluster_port}
+            self.masters.append(server)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{m.port}" for m in self.masters)
+
+    def _cli(self, port: int, *args: str) -> str:
+        exe = shutil.which("redis-cli")
+        if exe is None:
+            raise RuntimeError("redis-cli is not installed: run `bash .ci/setup --dev`")
+        done = subprocess.run([exe, "-p", str(port), *args], check=True, capture_output=True, text=True, timeout=30)
+        return done.stdout
+
+    def start(self) -> None:
+        for server in self.masters:
+            server.start()
+        nodes = [f"127.0.0.1:{m.port}" for m in self.masters]
+        self._cli(self.masters[0].port, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes")
+        self.wait_ok()
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Block until every master reports `cluster_state:ok` and knows every other one, or raise TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.SubprocessError):
+                infos = [self._cli(m.port, "CLUSTER", "INFO") for m in self.masters]
+                if all("cluster_state:ok" in i and f"cluster_known_nodes:{len(self.masters)}" in i for i in infos):
+                    return
+            time.sleep(0.1)  # polling external processes: not Trio code, no clock to wait on
+        raise TimeoutError(f"the Redis Cluster is not ok after {timeout}s")
+
+    def close(self) -> None:
+        for server in self.masters:
+            server.close()
 
 
 def _pg_bindir() -> Path:
@@ -170,6 +232,16 @@ def redis_server(appendonly: bool = False) -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@contextlib.contextmanager
+def redis_cluster(masters: int = 3) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(masters)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @contextlib.contextmanager

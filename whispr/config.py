@@ -17,10 +17,42 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import unquote
 
 
 class ConfigError(ValueError):
     """A setting is missing or wrong; the message names it and says why."""
+
+
+CLUSTER_SCHEME = "redis+cluster://"
+"""`redis_url` names a Redis Cluster: `redis+cluster://[user:password@]host:port[,host:port…]`."""
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether `url` names a Redis Cluster (`redis+cluster://…`)."""
+    return url.startswith(CLUSTER_SCHEME)
+
+
+def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """The seeds `[(host, port), …]`, user name and password of a `redis+cluster://` URL.
+
+    Raises:
+        ValueError: not a cluster URL, no seed, a seed without a numeric port, or a database other than 0.
+    """
+    if not is_cluster_url(url):
+        raise ValueError(f"not a Redis Cluster URL (want {CLUSTER_SCHEME}host:port[,host:port…])")
+    rest, _, database = url[len(CLUSTER_SCHEME) :].partition("/")
+    if database not in ("", "0"):
+        raise ValueError(f"Redis Cluster has only database 0, got /{database}")
+    credentials, _, hosts = rest.rpartition("@")
+    user, _, password = credentials.partition(":")
+    seeds: list[tuple[str, int]] = []
+    for seed in hosts.split(","):
+        host, _, port = seed.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"Redis Cluster seed {seed.strip()!r} is not host:port")
+        seeds.append((host, int(port)))
+    return seeds, unquote(user) or None, unquote(password) or None
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -134,6 +166,16 @@ class Settings:
         url = self.resolved_store_url
         if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError(f"store_url must start with sqlite:/// or postgresql://, got {url!r}")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://", CLUSTER_SCHEME)):
+            scheme = self.redis_url.split(":", 1)[0]
+            raise ConfigError(
+                f"redis_url must start with redis://, rediss://, unix:// or {CLUSTER_SCHEME}, got {scheme!r}"
+            )
+        if is_cluster_url(self.redis_url):
+            try:
+                parse_cluster_url(self.redis_url)
+            except ValueError as exc:
+                raise ConfigError(f"redis_url: {exc}") from None
         for name in ("connections_per_ip", "connects_per_5min", "messages_per_minute", "joins_per_minute"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -8,7 +8,10 @@ Rules (reliability B8, S11; spec issue §5.1):
 - The arithmetic is that of `limits.TokenBucket` and `limits.SlidingWindow`, on integer
   microseconds of the injected clock (default: wall time, shared by all nodes through NTP; a node
   whose clock lags only sees slightly fewer tokens). Blocks are Redis key TTLs, i.e. real time.
-- Every `redis.RedisError` becomes `LimiterUnavailable`, raised from it.
+- Every `redis.RedisError` (on a Redis Cluster also `RedisClusterException`) becomes
+  `LimiterUnavailable`, raised from it.
+- Redis Cluster works unchanged: every script and command touches one key, so it runs on the
+  master owning that key's slot (no hash tags needed).
 
 Keys: `whispr:limit:<rate name>:<subject>` (string or sorted set), `whispr:block:<subject>` (string).
 """
@@ -20,9 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 
 import trio_asyncio
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from whispr.adapters.redis_client import REDIS_ERRORS, RedisClient
 from whispr.security.limits import ALLOWED, MICROS, Decision, LimiterUnavailable, Rate
 
 # GCRA (limits.TokenBucket). KEYS: bucket. ARGV: now_us, interval_us, burst_us.
@@ -71,7 +73,7 @@ class RedisLimiter:
     Must be used inside `trio_asyncio.open_loop()`.
     """
 
-    def __init__(self, client: Redis, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: RedisClient, clock: Callable[[], float] = time.time) -> None:
         self._client = client
         self._clock = clock
         self._token_bucket = client.register_script(_TOKEN_BUCKET)
@@ -96,13 +98,13 @@ class RedisLimiter:
         """See `Limiter.blocked_for`. Raises `LimiterUnavailable` when Redis fails."""
         try:
             ms = await trio_asyncio.aio_as_trio(self._client.pttl)(f"whispr:block:{subject}")
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise LimiterUnavailable(f"redis PTTL failed: {exc}") from exc
         return ms / 1000 if ms > 0 else 0.0
 
     async def _run(self, script: object, key: str, args: Sequence[int | str]) -> int:
         try:
             result = await trio_asyncio.aio_as_trio(script)(keys=[key], args=args)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise LimiterUnavailable(f"redis script failed: {exc}") from exc
         return int(result)

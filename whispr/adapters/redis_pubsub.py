@@ -19,7 +19,8 @@ Rules (dependencies.md §2; reliability.md §1.5, §1.6):
 - Every `redis.RedisError` (and `OSError`) becomes `PubSubUnavailable`, raised `from` it.
 
 `sharded=True` uses SPUBLISH / SSUBSCRIBE / SUNSUBSCRIBE instead (Redis 7 sharded pub/sub) against
-one server; Redis Cluster itself (several shards) is not handled by this class.
+one server. Redis Cluster (several shards) is `redis_cluster_bus.RedisClusterBus`, which
+`open_redis_bus` returns for a `redis+cluster://` URL.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from typing import Any
 import trio
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisError
 
 from whispr.adapters.aio import run_aio
-from whispr.adapters.redis_client import open_redis
+from whispr.adapters.redis_client import REDIS_ERRORS, RedisClient, open_redis, raise_if_cancelled
+from whispr.config import is_cluster_url
 from whispr.pubsub.cluster import Inbound, PubSubUnavailable
 
 __all__ = ["RedisBus", "open_redis_bus"]
@@ -49,7 +50,7 @@ class RedisBus:
     Must be used inside `whispr.adapters.aio.open_bridge()`.
     """
 
-    def __init__(self, client: Redis, *, sharded: bool = False) -> None:
+    def __init__(self, client: RedisClient, *, sharded: bool = False) -> None:
         self._client = client
         self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
         self._subscribe_command = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
@@ -70,7 +71,7 @@ class RedisBus:
         """
         try:
             await run_aio(self._publish, messages)
-        except (RedisError, OSError) as exc:
+        except (*REDIS_ERRORS, OSError) as exc:
             raise PubSubUnavailable(f"{self._publish_command} failed: {type(exc).__name__}: {exc}") from exc
 
     async def _publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
@@ -89,11 +90,12 @@ class RedisBus:
         """
         try:
             await run_aio(self._pump, channels, send)
-        except (RedisError, OSError) as exc:
+        except (*REDIS_ERRORS, OSError) as exc:
             raise PubSubUnavailable(f"subscription failed: {type(exc).__name__}: {exc}") from exc
 
     async def _pump(self, channels: Callable[[], Collection[str]], send: trio.MemorySendChannel[Inbound]) -> None:
         # asyncio side: awaits here are asyncio awaits; Trio is reached only through `send`.
+        assert isinstance(self._client, Redis)  # RedisClusterBus has its own pump
         pool = self._client.connection_pool
         connection: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
         try:
@@ -105,6 +107,7 @@ class RedisBus:
             wanted = list(channels())
             for start in range(0, len(wanted), _SUBSCRIBE_CHUNK):
                 await connection.send_command(self._subscribe_command, *wanted[start : start + _SUBSCRIBE_CHUNK])
+            raise_if_cancelled()
             while True:
                 reply: Any = await connection.read_response(timeout=math.inf, push_request=True)
                 try:
@@ -135,7 +138,7 @@ class RedisBus:
         for start in range(0, len(channels), _SUBSCRIBE_CHUNK):
             try:
                 await run_aio(connection.send_command, command, *channels[start : start + _SUBSCRIBE_CHUNK])
-            except (RedisError, OSError):
+            except (*REDIS_ERRORS, OSError):
                 return
 
 
@@ -143,10 +146,21 @@ class RedisBus:
 async def open_redis_bus(
     url: str, *, io_timeout: float = 0.5, sharded: bool = False, max_connections: int = 4
 ) -> AsyncIterator[RedisBus]:
-    """A `RedisBus` for `url` (`redis://host:port/db`) with its own small pool, closed on exit.
+    """A `RedisBus` for `url` (`redis://host:port/db`) with its own small pool, closed on exit; for
+    `redis+cluster://…` a `RedisClusterBus` (always sharded) with a small pool per node.
 
     Must run inside `whispr.adapters.aio.open_bridge()`. Connects lazily: entering never blocks on
     the network, and an unreachable Redis shows up as `PubSubUnavailable` from the first call.
+
+    Raises:
+        ValueError: a malformed cluster URL.
     """
     async with open_redis(url, io_timeout=io_timeout, max_connections=max_connections) as client:
-        yield RedisBus(client, sharded=sharded)
+        if is_cluster_url(url):
+            # Imported here: redis_cluster_bus subclasses RedisBus, so a top-level import would cycle.
+            from whispr.adapters.redis_cluster_bus import RedisClusterBus
+
+            assert not isinstance(client, Redis)
+            yield RedisClusterBus(client)
+        else:
+            yield RedisBus(client, sharded=sharded)

@@ -10,9 +10,12 @@ Rules (dependencies.md §2; reliability.md §1.5):
   Trio memory channel (`send_nowait`, legal because trio-asyncio runs asyncio on the Trio thread),
   so the bridge is crossed once for the pump's whole life, not once per read. A full channel is
   polled every 10 ms rather than awaited (awaiting it would cross the bridge back).
-- The pump re-raises a cancellation that redis-py swallowed (`_raise_if_cancelled`), so cancelling
+- The pump re-raises a cancellation that redis-py swallowed (`redis_client.raise_if_cancelled`), so cancelling
   it always ends it.
-- Every `redis.RedisError` becomes `ClusterUnavailable`, raised (or, in the pump, sent) `from` it.
+- Every `redis.RedisError` (or, on a Redis Cluster, `RedisClusterException`) becomes
+  `ClusterUnavailable`, raised (or, in the pump, sent) `from` it.
+- On a Redis Cluster (a `redis+cluster://` URL, see `redis_client`) both commands touch only the
+  stream's key, so they go to the master owning its slot and work unchanged.
 
 Timeouts: the client comes from `redis_client.open_redis`, so connecting and every reply are bounded
 by `io_timeout` and a failed command is retried once, at once. XREAD blocks for `io_timeout / 2`,
@@ -28,11 +31,9 @@ from contextlib import asynccontextmanager
 from typing import cast
 
 import trio
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from whispr.adapters.aio import run_aio
-from whispr.adapters.redis_client import open_redis
+from whispr.adapters.redis_client import REDIS_ERRORS, RedisClient, open_redis, raise_if_cancelled
 from whispr.cluster.stream import ClusterUnavailable, PumpItem, Record
 
 __all__ = ["RedisStream", "open_redis_stream"]
@@ -48,26 +49,13 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def _raise_if_cancelled() -> None:
-    """Re-raise a cancellation that redis-py swallowed.
-
-    Measured here (redis 8.1, Python 3.11): a cancel that lands while XREAD BLOCK is waiting is
-    sometimes absorbed by the client's read timeout handling, and XREAD returns `[]` as if its
-    block had merely expired; the pump would then read on forever and its Trio caller would never
-    finish cancelling. The task's `cancelling()` count still says a cancel was asked for.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class RedisStream:
     """One Redis Stream used as the membership log. Build it with `open_redis_stream`.
 
     Must be used inside `whispr.adapters.aio.open_bridge()`.
     """
 
-    def __init__(self, client: Redis, name: str, *, maxlen: int, block: float) -> None:
+    def __init__(self, client: RedisClient, name: str, *, maxlen: int, block: float) -> None:
         self._client = client
         self.name = name
         self._maxlen = maxlen
@@ -81,7 +69,7 @@ class RedisStream:
         """
         try:
             return _text(await run_aio(self._xadd, dict(fields)))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise ClusterUnavailable(f"XADD {self.name} failed: {type(exc).__name__}") from exc
 
     async def _xadd(self, fields: dict[str, str]) -> bytes | str:
@@ -104,13 +92,13 @@ class RedisStream:
         backoff = _FIRST_BACKOFF
         failed = False
         while True:
-            _raise_if_cancelled()
+            raise_if_cancelled()
             item: PumpItem
             try:
                 reply = cast(
                     _Reply, await self._client.xread({self.name: last}, count=_READ_COUNT, block=self._block_ms)
                 )
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 error = ClusterUnavailable(f"XREAD {self.name} failed: {type(exc).__name__}")
                 error.__cause__ = exc
                 item = error
