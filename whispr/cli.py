@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--dev", action="store_true", help="dev mode: text logs, localhost origins, generated secrets")
     serve.add_argument("--data-dir", type=Path, help="where the SQLite store and dev secrets live (default ./var)")
     serve.add_argument("--store", dest="store_url", help="sqlite:///PATH or postgresql://... (default SQLite)")
-    serve.add_argument("--redis", dest="redis_url", help="redis://... for a cluster (default: in-process)")
+    serve.add_argument(
+        "--redis",
+        dest="redis_url",
+        help="redis://host:port or redis+cluster://seed:port,... for a cluster (default: in-process)",
+    )
     serve.add_argument("--node-id", help="this node's name in logs, metrics and the cluster")
     serve.add_argument(
         "--workers",
