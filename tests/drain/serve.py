@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,7 @@ class RawClient:
     closed_at: float | None = None
     join_refs: dict[str, str] = field(default_factory=dict)
     closed: trio.Event = field(default_factory=trio.Event)
+    on_frame: Callable[[list[Any]], None] | None = None  # called with each frame as it arrives
     _ref: int = 0
     _replies: dict[str, trio.MemorySendChannel[dict[str, Any]]] = field(default_factory=dict)
 
@@ -155,6 +156,8 @@ class RawClient:
             while True:
                 frame = json.loads(await self.ws.get_message())
                 self.frames.append(frame)
+                if self.on_frame is not None:
+                    self.on_frame(frame)
                 if frame[3] == "phx_reply" and (waiter := self._replies.pop(frame[1], None)) is not None:
                     waiter.send_nowait(frame[4])
         except ConnectionClosed as exc:
