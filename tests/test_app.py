@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import websockets.sync.client
 
 from tests.node import running_node
 from tests.services import free_port, wait_for_port
+from whispr.app import GC_YOUNG_THRESHOLD, settle_heap
 
 pytestmark = pytest.mark.integration
 
@@ -188,3 +190,17 @@ async def test_an_external_user_service_decides_who_is_active(tmp_path: Path) ->
                 statuses.append(await trio.to_thread.run_sync(attempt))
         nursery.cancel_scope.cancel()
     assert statuses == [101, 403]
+
+
+def test_settle_heap_freezes_start_up_and_examines_young_objects_less_often() -> None:
+    threshold = gc.get_threshold()
+    try:
+        gc.unfreeze()
+        start_up = [[] for _ in range(100)]  # objects alive at start-up
+        settle_heap()
+        assert gc.get_freeze_count() >= len(start_up)
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+        assert threshold[0] < GC_YOUNG_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

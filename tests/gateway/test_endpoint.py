@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import ssl
+import weakref
 
 import pytest
 import trio
@@ -13,11 +15,11 @@ from websockets.sync.client import connect as websockets_connect
 
 from whispr.api.routes import http_routes
 from whispr.gateway.endpoint import Endpoint, EndpointConfig
-from whispr.gateway.transport import Accept, Refuse, UpgradeRequest
+from whispr.gateway.transport import Accept, Refuse, Transport, UpgradeRequest
 from whispr.gateway.websocket import WebSocketLimits
 from whispr.observability import telemetry
 
-from .helpers import Echo, RawClient, accept_echo, http_exchange, running_endpoint, upgrade_request
+from .helpers import OP_TEXT, Echo, RawClient, accept_echo, http_exchange, running_endpoint, upgrade_request
 
 pytestmark = pytest.mark.integration
 
@@ -127,6 +129,33 @@ async def test_accept_echoes_subprotocol_and_reports_peer() -> None:
             assert request.subprotocols == ("phoenix", "base64url.bearer.phx.abc", "x")
             assert request.query == {"vsn": "2.0.0", "token": "t2"}
             assert request.peer == tuple(client.stream.socket.getsockname()[:2])
+
+
+async def test_an_open_connection_keeps_its_on_closed_but_not_the_accept_or_its_factory() -> None:
+    """Memory per idle socket: what `connect` built for the upgrade goes once the handler exists."""
+    factories: list[weakref.ref[object]] = []
+    built: list[str] = []
+    closed = trio.Event()
+
+    async def connect(request: UpgradeRequest) -> Accept:
+        def factory(transport: Transport) -> Echo:  # a closure, like the Phoenix socket's factory
+            built.append(request.path)
+            return Echo(transport)
+
+        factories.append(weakref.ref(factory))
+        return Accept(factory, on_closed=closed.set)
+
+    async with running_endpoint(connect) as (endpoint, port):
+        client = await RawClient.connect(port, upgrade_request())
+        async with client.stream:
+            await client.send(OP_TEXT, b"ping")
+            assert await client.receive() == (OP_TEXT, b"ping")  # the handler runs
+            gc.collect()
+            assert endpoint.statistics().connections == 1
+            assert built == ["/socket/websocket"]
+            assert factories[0]() is None  # neither the Accept nor its factory is held any more
+        with trio.fail_after(10):
+            await closed.wait()  # ... while on_closed was kept, and runs
 
 
 async def test_websockets_client_round_trip() -> None:

@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from whispr.gateway.deadlines import Deadlines
 from whispr.gateway.frames import binary_frame
 from whispr.gateway.outbox import Outbox
 from whispr.gateway.transport import Accept, Transport
@@ -105,12 +106,16 @@ async def _socketpair_connection(limits: WebSocketLimits) -> AsyncIterator[tuple
     server.setblocking(False)
     probe = _Probe()
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(client))
-    async with trio.open_nursery() as nursery:
-        connection = WebSocketConnection(server, ("socketpair", 0), limits, nursery)
-        nursery.start_soon(connection.run, Accept(probe))
-        await trio.testing.wait_all_tasks_blocked()
-        async with stream:
-            yield probe.transport, RawClient(stream, (101, {}, b""), b""), probe
+    deadlines = Deadlines()
+    async with trio.open_nursery() as keeper:
+        await keeper.start(deadlines.run)
+        async with trio.open_nursery() as nursery:
+            connection = WebSocketConnection(server, ("socketpair", 0), limits, nursery, deadlines)
+            nursery.start_soon(connection.run, Accept(probe))
+            await trio.testing.wait_all_tasks_blocked()
+            async with stream:
+                yield probe.transport, RawClient(stream, (101, {}, b""), b""), probe
+        keeper.cancel_scope.cancel()
 
 
 def _numbered(i: int) -> bytes:

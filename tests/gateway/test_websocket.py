@@ -134,6 +134,24 @@ async def test_idle_connection_closed_with_4000(autojump_clock: trio.testing.Moc
         assert endpoint.statistics().connections == 0
 
 
+async def test_every_frame_moves_the_idle_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    """The deadline heap re-files a connection at its latest deadline, not at the one first filed."""
+    async with running_endpoint() as (endpoint, port):
+        quiet = await RawClient.connect(port)
+        chatty = await RawClient.connect(port)
+        async with quiet.stream, chatty.stream:
+            start = trio.current_time()
+            for _ in range(3):  # frames at 0, 60 and 120 s
+                await chatty.send(OP_TEXT, b"alive")
+                assert await chatty.receive() == (OP_TEXT, b"alive")
+                await trio.sleep(60)
+            assert await quiet.receive_close() == 4000  # closed at 90 s, long before
+            assert await chatty.receive_close() == 4000
+            assert trio.current_time() - start == pytest.approx(210.0, abs=0.01)  # 90 s after the last frame
+        await trio.testing.wait_all_tasks_blocked()
+        assert endpoint.statistics().connections == 0
+
+
 async def test_client_close_is_echoed_and_server_closes_tcp_first() -> None:
     before = Echo.closed
     async with running_endpoint() as (_, port):

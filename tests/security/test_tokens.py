@@ -14,7 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from tests.jwt_factory import raw_token
 from tests.security.conftest import AUDIENCE, ISSUER, SECRET, claims, hs256
@@ -161,6 +161,36 @@ def test_audience_in_token_but_none_configured_is_refused() -> None:
 def test_key_reference_headers_are_refused(hs_config: TokenConfig, header: str) -> None:
     token = hs256(claims(), headers={header: "https://evil.example/keys.json"})
     assert refused(TokenVerifier(hs_config), token) == "forbidden_header"
+
+
+@pytest.mark.parametrize("damage", ["forged", "expired"])
+def test_a_key_reference_header_is_the_reason_whatever_else_is_wrong(hs_config: TokenConfig, damage: str) -> None:
+    # The header is checked after the one parse that verifies the token; a token that also fails
+    # verification is still audited as carrying a key reference.
+    key, exp = (b"another-secret-of-at-least-32-bytes!", None) if damage == "forged" else (SECRET, time.time() - 600)
+    token = hs256(claims(**({"exp": exp} if exp else {})), key=key, headers={"jku": "https://evil.example/jwks.json"})
+    assert refused(TokenVerifier(hs_config), token) == "forbidden_header"
+
+
+def test_the_hs256_secret_is_checked_once_not_per_token(
+    hs_config: TokenConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = [hs256(claims()) for _ in range(3)]  # signed first: signing checks the key too
+    forged = hs256(claims(), key=b"another-secret-of-at-least-32-bytes!")
+    checks: list[bytes] = []
+    full_check = HMACAlgorithm.prepare_key
+
+    def counted(self: HMACAlgorithm, key: str | bytes) -> bytes:
+        checks.append(bytes(key, "utf-8") if isinstance(key, str) else key)
+        return full_check(self, key)
+
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", counted)
+    verifier = TokenVerifier(hs_config)
+    assert checks == [SECRET]
+    for token in tokens:
+        verifier.verify(token)
+    assert checks == [SECRET]  # the startup check only
+    assert refused(verifier, forged) == "bad_signature"
 
 
 def test_jku_pointing_at_a_local_server_gets_no_hit(hs_config: TokenConfig) -> None:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
+from whispr.gateway.deadlines import Deadlines
 from whispr.gateway.http import (
     CONTINUE,
     HeadError,
@@ -165,6 +166,7 @@ class Endpoint:
         self._prefix_routes = sorted(prefixes.items(), key=lambda item: len(item[0]), reverse=True)
         self._connections = 0
         self._handshakes = 0
+        self._deadlines = Deadlines()  # the idle and close timeouts of every upgraded connection
 
     def statistics(self) -> EndpointStatistics:
         """Current counts of open connections and of handshakes in progress."""
@@ -183,6 +185,7 @@ class Endpoint:
         listener = self._bind()
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self._deadlines.run)
                 host, port = listener.getsockname()[:2]
                 _log.info("endpoint listening on %s:%d (%s)", host, port, "wss" if self._config.ssl_context else "ws")
                 task_status.started((host, port))
@@ -247,10 +250,13 @@ class Endpoint:
             finally:
                 self._handshakes -= 1
             if upgraded is not None:
-                connection, accept, received = upgraded
+                # No local keeps the Accept: once `run` has built the handler, its factory and
+                # everything that closes over go, instead of living as long as the connection.
+                running = upgraded[0].run(upgraded[1], upgraded[2])
+                del upgraded
                 self._connections += 1
                 try:
-                    await connection.run(accept, received)
+                    await running
                 finally:
                     self._connections -= 1
         except Exception:
@@ -294,7 +300,7 @@ class Endpoint:
                         response = outcome
                     else:
                         accept, subprotocol_line = outcome
-                        connection = WebSocketConnection(sock, peer, route.limits, nursery, stream)
+                        connection = WebSocketConnection(sock, peer, route.limits, nursery, self._deadlines, stream)
                         connection.send(subprotocol_line)
                         telemetry.emit(
                             telemetry.SOCKET_CONNECTED,

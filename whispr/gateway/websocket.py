@@ -14,7 +14,8 @@ Rules (contract.md §1, §5, §6; RFC 6455):
   RSV bits, bad opcodes, bad close frames) with 1002; see `whispr.gateway.rfc6455`.
 - Control frames above `max_control_frames` per `control_window` seconds close with 1008 (a ping
   flood); below it, every ping is answered with a pong (§5.5.2).
-- Nothing received for `idle_timeout` seconds closes with 4000.
+- Nothing received for `idle_timeout` seconds closes with 4000 (deadlines: `whispr.gateway.deadlines`,
+  one heap per endpoint, no cancel scope per read).
 - A handler method that raises is logged (ERROR, logger `whispr.gateway`) and closes with 1011.
 - An outbox overflow closes with 1013 after dropping everything not yet on the wire; a socket
   that accepts no byte for `write_timeout` seconds is aborted (TCP closed without a close frame).
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 import trio
 
 from whispr.gateway import rfc6455
+from whispr.gateway.deadlines import Deadlines
 from whispr.gateway.outbox import Outbox
 from whispr.gateway.rfc6455 import FrameReader, ProtocolViolation
 from whispr.gateway.transport import Accept, SocketHandler
@@ -104,7 +106,9 @@ class WebSocketConnection:
         "_control_count",
         "_control_window_end",
         "_deadline",
+        "_deadlines",
         "_drained",
+        "_entry",
         "_half_close",
         "_limits",
         "_nursery",
@@ -114,7 +118,6 @@ class WebSocketConnection:
         "_sock",
         "_state",
         "_stream",
-        "_wait_scope",
     )
 
     def __init__(
@@ -123,11 +126,13 @@ class WebSocketConnection:
         peer: tuple[str, int],
         limits: WebSocketLimits,
         nursery: trio.Nursery,
+        deadlines: Deadlines,
         stream: trio.SSLStream[trio.SocketStream] | None = None,
     ) -> None:
         """Wrap an upgraded non-blocking socket (and its TLS stream, for wss).
 
         `nursery` hosts the on-demand writer tasks; it must outlive the connection's `run`.
+        `deadlines` enforces the idle and close timeouts; its `run` must be running meanwhile.
         """
         self._sock = sock
         self._stream = stream
@@ -143,8 +148,10 @@ class WebSocketConnection:
         self._half_close = False
         self._outbox: Outbox | None = None
         self._drained: trio.Event | None = None
-        self._wait_scope: trio.CancelScope | None = None
+        # The idle deadline while OPEN (moved forward by every read), the close handshake's after.
         self._deadline = trio.current_time() + limits.idle_timeout
+        self._deadlines = deadlines
+        self._entry = deadlines.watch(self._deadline, self)
         self._control_count = 0
         self._control_window_end = 0.0
 
@@ -196,12 +203,14 @@ class WebSocketConnection:
         """
         opened = trio.current_time()
         handler: SocketHandler | None = None
+        on_closed = accept.on_closed
         try:
             try:
                 handler = accept.handler(self)
             except Exception:
                 _log.exception("socket handler factory failed for %s", self._peer)
                 self.close(rfc6455.CLOSE_INTERNAL_ERROR, "internal error")
+            del accept  # the factory is not needed any more (nor what it holds): memory per idle socket
             if received:
                 self._reader.receive_data(received)
             await self._read_loop(handler)
@@ -214,9 +223,9 @@ class WebSocketConnection:
                         await handler.on_close()
                     except Exception:
                         _log.exception("socket handler on_close failed for %s", self._peer)
-                if accept.on_closed is not None:
+                if on_closed is not None:
                     try:
-                        accept.on_closed()
+                        on_closed()
                     except Exception:
                         _log.exception("on_closed callback failed for %s", self._peer)
             telemetry.emit(
@@ -245,11 +254,6 @@ class WebSocketConnection:
             if self._state == _CLOSED:
                 return
             data = await self._receive()
-            if data is None:  # deadline
-                if self._state != _OPEN:
-                    return
-                self.close(rfc6455.CLOSE_IDLE_TIMEOUT, "idle timeout")
-                continue
             if not data:
                 return
             if self._state == _OPEN:
@@ -330,8 +334,21 @@ class WebSocketConnection:
         self._close_code = code
         self._write_final(frame)
         self._deadline = trio.current_time() + self._limits.close_timeout
-        if self._wait_scope is not None:
-            self._wait_scope.deadline = self._deadline
+        self._entry.cancel()  # the idle deadline filed is later: file the earlier one
+        self._entry = self._deadlines.watch(self._deadline, self)
+
+    def expire(self, now: float) -> float | None:
+        """`Deadlines` asks (see `whispr.gateway.deadlines.Expiring`): idle → close with 4000; a
+        close handshake past `close_timeout` → abort (TCP closed without waiting any longer)."""
+        if self._state == _CLOSED:
+            return None
+        if now < self._deadline:
+            return self._deadline  # moved by reads since it was filed
+        if self._state == _OPEN:
+            self.close(rfc6455.CLOSE_IDLE_TIMEOUT, "idle timeout")  # files the close deadline
+        else:
+            self._abort()
+        return None
 
     def _start_writer(self) -> Outbox:
         outbox = self._outbox = Outbox(self._limits.outbox_max_frames, self._limits.outbox_max_bytes)
@@ -396,30 +413,22 @@ class WebSocketConnection:
 
     # -- read path and teardown --------------------------------------------------------------
 
-    async def _receive(self) -> bytes | bytearray | None:
-        """The next bytes from the peer; b"" at EOF or on abort; None once `_deadline` passed."""
+    async def _receive(self) -> bytes | bytearray:
+        """The next bytes from the peer; b"" at EOF or on abort (a passed close deadline aborts).
+
+        No cancel scope here: `Deadlines` closes an idle connection and aborts a close handshake
+        that ran out of time, which wakes this wait (`notify_closing`)."""
         if self._stream is not None:
-            with trio.CancelScope(deadline=self._deadline) as scope:
-                self._wait_scope = scope
-                try:
-                    return await self._stream.receive_some(self._limits.read_size)
-                except _BROKEN:
-                    return b""
-                finally:
-                    self._wait_scope = None
-            return None
+            try:
+                return await self._stream.receive_some(self._limits.read_size)
+            except _BROKEN:
+                return b""
         sock = self._sock
         while True:
-            with trio.CancelScope(deadline=self._deadline) as scope:
-                self._wait_scope = scope
-                try:
-                    await trio.lowlevel.wait_readable(sock)
-                except trio.ClosedResourceError:  # aborted by `notify_closing`
-                    return b""
-                finally:
-                    self._wait_scope = None
-            if scope.cancelled_caught:
-                return None
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:  # aborted by `notify_closing`
+                return b""
             try:
                 return sock.recv(self._limits.read_size)
             except BlockingIOError:
@@ -440,6 +449,7 @@ class WebSocketConnection:
     def _teardown(self) -> None:
         """Close TCP (the server closes first, RFC 6455 §7.1.1); idempotent, synchronous."""
         self._abort()
+        self._entry.cancel()
         self._sock.close()
 
 

@@ -96,6 +96,8 @@ class AuditLog:
         self._write(logging.INFO, AuditEvent.REVOCATION, reason=reason, user_id=user_id, device_id=device_id)
 
     def _write(self, level: int, event: AuditEvent, **fields: str | float | None) -> None:
+        if not self._logger.isEnabledFor(level):
+            return  # what `log` would decide anyway, before the line is built (one per connect)
         kept = {key: value for key, value in fields.items() if value is not None}
         line = " ".join([event.value, *(f"{key}={_format(value)}" for key, value in kept.items())])
         self._logger.log(level, "%s", line, extra={"audit": {"event": event.value, **kept}})

@@ -21,11 +21,17 @@ CLOSE_TOKEN_EXPIRED = 3000  # contract.md §6: get a new token before reconnecti
 
 
 class _Entry:
+    """One watched socket; calling it cancels the watch (it is what `watch` returns: one object
+    per socket, not an entry and a closure)."""
+
     __slots__ = ("close", "deadline")
 
     def __init__(self, deadline: float, close: Callable[[], None] | None) -> None:
         self.deadline = deadline
         self.close = close  # None once cancelled or fired
+
+    def __call__(self) -> None:
+        self.close = None
 
 
 class ExpiryWatch:
@@ -56,11 +62,7 @@ class ExpiryWatch:
         heapq.heappush(self._heap, (deadline, next(self._order), entry))
         if earliest is None or deadline < earliest:
             self._wakeup.set()
-
-        def cancel() -> None:
-            entry.close = None
-
-        return cancel
+        return entry
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve deadlines until cancelled. Calls `task_status.started()` at once."""

@@ -182,6 +182,18 @@ class SocketGuard:
     what the limiter raises.
     """
 
+    __slots__ = (
+        "_audit",
+        "_client_ip",
+        "_clock",
+        "_detector",
+        "_identity",
+        "_joins",
+        "_limiter",
+        "_limits",
+        "_refusals_in_a_row",
+    )
+
     def __init__(
         self,
         admission: Admission,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -180,12 +180,15 @@ class SlidingWindow:
     def __init__(self, rate: Rate) -> None:
         self._limit = rate.limit
         self._period = rate.period_us
-        self._events: deque[int] = deque()  # accepted hit times, oldest first; len <= limit
+        # Accepted hit times, oldest first; len <= limit. A list, not a deque: one window per socket
+        # (joins) and per client IP (connects), and an empty deque is 760 bytes, a list 56.
+        self._events: list[int] = []
 
     def hit(self, now_us: int) -> Decision:
         events = self._events
-        while events and events[0] <= now_us - self._period:
-            events.popleft()
+        expired = bisect_right(events, now_us - self._period)  # times only grow: the list is sorted
+        if expired:
+            del events[:expired]
         if len(events) >= self._limit:
             return Decision(False, (events[0] + self._period - now_us) / MICROS)
         events.append(now_us)

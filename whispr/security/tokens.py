@@ -18,6 +18,7 @@ Rules (contract §1; reliability §1.9 and S3–S6; RFC 8725):
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -30,6 +31,7 @@ from typing import Any, Literal, get_args
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.algorithms import HMACAlgorithm
 from jwt.exceptions import (
     DecodeError,
     ExpiredSignatureError,
@@ -43,7 +45,6 @@ from jwt.exceptions import (
     InvalidSubjectError,
     MissingRequiredClaimError,
 )
-from jwt.types import Options
 
 Algorithm = Literal["HS256", "RS256", "ES256", "EdDSA"]
 ALGORITHMS: tuple[Algorithm, ...] = get_args(Algorithm)
@@ -142,12 +143,12 @@ class TokenVerifier:
             require.append("iss")
         if config.audience is not None:
             require.append("aud")
-        self._options: Options = {"require": require, "enforce_minimum_key_length": True}
+        self._decoder = jwt.PyJWT({"require": require, "enforce_minimum_key_length": True})
 
     def verify(self, token: str | None) -> VerifiedToken:
         """Verify `token` and return its `VerifiedToken`.
 
-        Synchronous, CPU only (150–300 µs), no I/O; never logs the token.
+        Synchronous, CPU only (about 50 µs for HS256), no I/O; never logs the token.
 
         Raises:
             AuthError: the token is missing, malformed, forged, expired or lacks a claim.
@@ -157,21 +158,29 @@ class TokenVerifier:
         if len(token) > MAX_TOKEN_CHARS:
             raise AuthError("malformed")
         try:
-            header = jwt.get_unverified_header(token)
-            if REFUSED_HEADERS & header.keys():
-                raise AuthError("forbidden_header")
-            key = self._select_key(header)
-            claims = jwt.decode(
+            if self._by_kid:  # the header picks the key: read it first (RFC 8725 §3.10 checks before use)
+                header = jwt.get_unverified_header(token)
+                if REFUSED_HEADERS & header.keys():
+                    raise AuthError("forbidden_header")
+                key = self._select_key(header)
+            else:
+                key = self._keys[None]
+            # One parse: header, signature and claims (the header is checked below, once verified).
+            decoded = self._decoder.decode_complete(
                 token,
                 key,
                 algorithms=[self._config.algorithm],  # pinned by config, never from the header
-                options=self._options,
                 issuer=self._config.issuer,
                 audience=self._config.audience,
                 leeway=self._config.leeway,
             )
         except (jwt.PyJWTError, TypeError, ValueError) as exc:  # dependencies.md §4: PyJWT also raises these
-            raise AuthError(_reason(exc)) from None  # `from None`: the chain could quote the token
+            # A refused header is the reason whatever else is wrong (an attack signal for the audit log).
+            reason = "forbidden_header" if _has_key_reference(token) else _reason(exc)
+            raise AuthError(reason) from None  # `from None`: the chain could quote the token
+        if REFUSED_HEADERS & decoded["header"].keys():
+            raise AuthError("forbidden_header")
+        claims: dict[str, Any] = decoded["payload"]
         device_id = _id_claim(claims, "device_id")
         if device_id is None:
             raise AuthError("missing_claim")  # contract §1: device_id is required
@@ -184,8 +193,7 @@ class TokenVerifier:
         )
 
     def _select_key(self, header: Mapping[str, Any]) -> Any:
-        if not self._by_kid:
-            return self._keys[None]
+        """The JWKS key the header's `kid` names (configs with `jwks_path` only)."""
         kid = header.get("kid")
         # RFC 8725 §3.10: the kid is untrusted input; it only ever indexes this in-memory dict.
         if not isinstance(kid, str) or kid not in self._keys:
@@ -223,6 +231,14 @@ def mint_token(
     if config.audience is not None:
         claims["aud"] = config.audience
     return jwt.encode(claims, config.secret, algorithm="HS256")
+
+
+def _has_key_reference(token: str) -> bool:
+    """Whether the token's (unverified) header carries one of `REFUSED_HEADERS`; False if unreadable."""
+    try:
+        return bool(REFUSED_HEADERS & jwt.get_unverified_header(token).keys())
+    except (jwt.PyJWTError, TypeError, ValueError):
+        return False
 
 
 def _reason(exc: Exception) -> str:
@@ -274,7 +290,7 @@ def _load_keys(config: TokenConfig) -> dict[str | None, Any]:
         if config.public_key_pem is not None or config.jwks_path is not None:
             raise TokenConfigError("HS256 takes only `secret`; public keys need an asymmetric algorithm")
         _check_secret(config)
-        return {None: config.secret}
+        return {None: _hmac_key(config.secret)}
     if config.secret:
         raise TokenConfigError(f"{config.algorithm} verifies with public keys; remove `secret`")
     if (config.public_key_pem is None) == (config.jwks_path is None):
@@ -288,6 +304,31 @@ def _load_keys(config: TokenConfig) -> dict[str | None, Any]:
         return {None: key}
     assert config.jwks_path is not None
     return _load_jwks(config.algorithm, config.jwks_path)
+
+
+class _CheckedHmac(HMACAlgorithm):
+    """HS256 whose one key was checked once, at startup.
+
+    PyJWT checks an HMAC key on every decode (not PEM, SSH, DER or JWK-shaped JSON: a DER parse and a
+    JSON decoder per token, a third of a verify); the configured secret never changes, so that check
+    runs once here and `prepare_key` returns its result for that very key. Any other key gets the full
+    check: nothing about what is verified changes, only how often an unchanging key is re-checked.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+        self._key = key
+        self._prepared = super().prepare_key(key)
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        return self._prepared if key is self._key else super().prepare_key(key)
+
+
+def _hmac_key(secret: bytes) -> jwt.PyJWK:
+    """The HS256 secret as a key bound to HS256 (PyJWT then also refuses any other `alg`), checked once."""
+    key = jwt.PyJWK({"kty": "oct", "k": base64.urlsafe_b64encode(secret).rstrip(b"=").decode()}, "HS256")
+    key.Algorithm = _CheckedHmac(key.key)
+    return key
 
 
 def _load_jwks(algorithm: Algorithm, path: Path) -> dict[str | None, Any]:
