@@ -13,7 +13,7 @@ from tests.adapters.conftest import DAY, FakeClock
 from tests.adapters.store_helpers import append_message
 from whispr.adapters import migrate, open_store
 from whispr.adapters.aio import open_bridge
-from whispr.delivery.store import ConversationNotFound, Message, MessageStore
+from whispr.delivery.store import ConversationNotFound, Message, MessageStore, NotMember
 
 
 async def send(store: MessageStore, conversation_id: str, sender: str, key: str, content: str = "hi") -> Message:
@@ -200,6 +200,20 @@ async def test_inbox_follows_membership_at_write_time(store: MessageStore) -> No
     assert [e.message for e in (await store.inbox_after("ann", 0, 10)).entries] == [before, after]
 
 
+async def test_require_member_refuses_a_non_member_in_the_write_transaction(store: MessageStore) -> None:
+    conversation = await store.create_conversation(["ann", "bob"])
+    kept = await store.append(conversation, "bob", "bob-phone", "1", "text", "x", {}, None, require_member=True)
+    await store.remove_member(conversation, "bob")
+
+    for key in ("1", "2"):  # a retry of a stored key is refused too
+        with pytest.raises(NotMember):
+            await store.append(conversation, "bob", "bob-phone", key, "text", "x", {}, None, require_member=True)
+    system = await store.append(conversation, "system", "system", "3", "text", "x", {}, None)
+
+    assert [m.id for m in await history(store, conversation)] == [kept.message.id, system.message.id]
+    assert sorted(system.inbox) == ["ann"]
+
+
 async def test_device_cursors_only_move_forward_and_never_past_the_head(store: MessageStore) -> None:
     conversation = await store.create_conversation(["ann", "bob"])
     for i in range(5):
@@ -214,6 +228,22 @@ async def test_device_cursors_only_move_forward_and_never_past_the_head(store: M
     assert await store.advance_cursor("dan", "phone", 7) == 0  # an empty inbox has head 0
     with pytest.raises(ValueError, match="seq"):
         await store.advance_cursor("bob", "phone", -1)
+
+
+async def test_inbox_from_cursor_reads_the_page_after_the_devices_cursor(store: MessageStore) -> None:
+    conversation = await store.create_conversation(["ann", "bob"])
+    for i in range(5):
+        await send(store, conversation, "ann", str(i))
+    await store.advance_cursor("bob", "phone", 2)
+
+    position, page = await store.inbox_from_cursor("bob", "phone", 2)
+    assert position == 2
+    assert page == await store.inbox_after("bob", 2, 2)
+    assert [entry.seq for entry in page.entries] == [3, 4]
+    assert (page.head_seq, page.has_more, page.recovered) == (5, True, True)
+    position, page = await store.inbox_from_cursor("bob", "laptop", 100)  # never acked: from 0
+    assert (position, [entry.seq for entry in page.entries]) == (0, [1, 2, 3, 4, 5])
+    assert await store.inbox_from_cursor("dan", "phone", 10) == (0, await store.inbox_after("dan", 0, 10))
 
 
 async def test_membership(store: MessageStore) -> None:

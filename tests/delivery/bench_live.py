@@ -18,7 +18,7 @@ Figures (one line per repeat, then the medians):
 - calls/msg: store calls per acked message, by operation.
 
 Run: `python -m tests.delivery.bench_live [--conversations 1000] [--members 10] [--messages 20000]
-[--senders 300] [--repeat 3]`. Not collected by pytest (no `test_` prefix).
+[--senders 300] [--repeat 3] [--metrics]`. Not collected by pytest (no `test_` prefix).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from whispr.adapters.sqlite_store import SQLiteStore, open_sqlite_store
 from whispr.channels.user import make_router
 from whispr.delivery.deps import Deps
 from whispr.gateway.socket import PhoenixSocket
+from whispr.observability.metrics import Metrics
 from whispr.presence import PresenceTracker
 from whispr.protocol import V2, Identity
 from whispr.pubsub import PubSub
@@ -161,9 +162,13 @@ async def run_once(args: argparse.Namespace, path: Path, seed: int) -> dict[str,
         sqlite._inbox_after = timed(sqlite._inbox_after, read_cpu)  # type: ignore[method-assign]
         sqlite._messages_after = timed(sqlite._messages_after, read_cpu)  # type: ignore[method-assign]
         pubsub = PubSub()
-        presence = PresenceTracker(lambda t, e, p: pubsub.broadcast(t, e, p, droppable=True), node="n1")
+
+        def publish(topic: str, event: str, payload: dict[str, Any]) -> None:
+            pubsub.broadcast(topic, event, payload, droppable=True)
+
+        presence = PresenceTracker(publish, node="n1")
         guard = Guard()
-        deps = Deps.build(store, presence, lambda identity: guard)  # type: ignore[arg-type]
+        deps = Deps.build(store, presence, lambda identity: guard)
         router = make_router(deps)
         await nursery.start(deps.live.run)
         await nursery.start(presence.run)
@@ -273,7 +278,14 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--senders", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="attach the Prometheus metrics, as a node does (telemetry costs included)",
+    )
     args = parser.parse_args()
+    if args.metrics:
+        Metrics("bench")
     print(f"load average at start: {os.getloadavg()}")
     print(
         f"{args.conversations} conversations x {args.members} members, {args.conversations * args.members} devices"

@@ -7,11 +7,13 @@ import itertools
 import pytest
 
 from whispr.delivery.append_plan import AppendRequest, appended, number_inbox, plan_batch
-from whispr.delivery.store import Appended, ConversationNotFound, Message
+from whispr.delivery.store import Appended, ConversationNotFound, Message, NotMember
 
 
-def request(conversation: str, sender: str, key: str) -> AppendRequest:
-    return AppendRequest.build(conversation, sender, "dev", key, "text", "x", {"k": [1]}, None)
+def request(conversation: str, sender: str, key: str, *, require_member: bool = False) -> AppendRequest:
+    return AppendRequest.build(
+        conversation, sender, "dev", key, "text", "x", {"k": [1]}, None, require_member=require_member
+    )
 
 
 def ids() -> itertools.count[int]:
@@ -69,6 +71,33 @@ def test_an_unknown_conversation_is_that_request_error() -> None:
     assert plan.new_messages == []
 
 
+def test_a_sender_who_is_not_a_member_is_refused_only_when_membership_is_required() -> None:
+    stored = Message("old", "a", 3, "x", "dev", "1", "text", "x", {}, None, 1)
+    counter = ids()
+    plan = plan_batch(
+        [
+            request("a", "x", "1", require_member=True),  # stored before x was removed: still refused
+            request("a", "x", "2", require_member=True),
+            request("a", "u", "3", require_member=True),
+            request("a", "x", "4"),  # the system path: no membership needed
+        ],
+        heads={"a": 3},
+        existing={("a", "x", "1"): stored},
+        recipients={"a": ["u", "v"]},
+        now_ms=5,
+        new_id=lambda: f"m{next(counter)}",
+    )
+
+    first, second, third, fourth = plan.results
+    assert isinstance(first, NotMember)
+    assert isinstance(second, NotMember)
+    assert isinstance(third, tuple)
+    assert third[0].seq == 4
+    assert isinstance(fourth, tuple)
+    assert fourth[0].seq == 5
+    assert [m.client_message_id for m, _ in plan.new_messages] == ["3", "4"]
+
+
 def test_number_inbox_continues_each_users_head() -> None:
     m1 = Message("m1", "a", 1, "u", "d", "1", "text", "", {}, None, 1)
     m2 = Message("m2", "a", 2, "u", "d", "2", "text", "", {}, None, 1)
@@ -78,7 +107,7 @@ def test_number_inbox_continues_each_users_head() -> None:
 
 def test_metadata_must_be_json() -> None:
     with pytest.raises(TypeError):
-        AppendRequest.build("a", "u", "d", "1", "text", "", {"bad": object()}, None)
+        AppendRequest.build("a", "u", "d", "1", "text", "", {"bad": object()}, None, require_member=False)
 
 
 def test_appended_carries_each_new_message_inbox_seqs_and_none_for_duplicates() -> None:

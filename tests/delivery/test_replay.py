@@ -49,3 +49,12 @@ def test_message_payload_is_the_contract_shape() -> None:
         "inserted_at": "2023-11-14T22:13:20.007Z",
     }
     assert iso_ms(0) == "1970-01-01T00:00:00.000Z"
+    # The per-second cache must not leak one second's text into another, either side of the epoch.
+    assert [iso_ms(ms) for ms in (999, 1000, 1999, -1, -1000, -1001)] == [
+        "1970-01-01T00:00:00.999Z",
+        "1970-01-01T00:00:01.000Z",
+        "1970-01-01T00:00:01.999Z",
+        "1969-12-31T23:59:59.999Z",
+        "1969-12-31T23:59:59.000Z",
+        "1969-12-31T23:59:58.999Z",
+    ]

@@ -176,7 +176,7 @@ async def test_store_outage_answers_service_unavailable_and_keeps_the_socket(
     alice = node.device("alice")
     await alice.join(topic)
 
-    async def down(*args: object) -> object:
+    async def down(*args: object, **kwargs: object) -> object:
         raise StoreUnavailable("down")
 
     with monkeypatch.context() as patch:

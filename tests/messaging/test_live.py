@@ -7,7 +7,8 @@ from typing import Any
 import trio
 import trio.testing
 
-from whispr.delivery.live import MAX_PENDING, Feed, Frames, Gate, LiveDelivery, Page
+from whispr.delivery.live import MAX_PENDING, Feed, Gate, LiveDelivery, Page
+from whispr.protocol import SharedFrames
 
 TOPIC = "user:u"
 
@@ -34,7 +35,7 @@ class Recorder:
     def __init__(self) -> None:
         self.seqs: list[int] = []
 
-    def __call__(self, seq: int, payload: dict[str, Any], frames: Frames | None) -> None:
+    def __call__(self, seq: int, payload: dict[str, Any], frames: SharedFrames | None) -> None:
         assert payload == {"seq": seq}
         self.seqs.append(seq)
 

@@ -11,6 +11,7 @@ import pytest
 
 from tests.channels.fakes import unframe
 from tests.messaging.conftest import Device, Node, settle
+from whispr.observability import telemetry
 from whispr.protocol import V1
 
 
@@ -68,6 +69,30 @@ async def test_live_entries_read_nothing_back_and_share_one_encoding(
     assert all(a is b is c for a, b, c in zip(*on_conversation, strict=True))
 
 
+async def test_message_sent_counts_every_live_frame_written_once_per_encoding(node: Node) -> None:
+    cid = await node.conversation("alice", "bob", "carol")
+    devices = await joined(node, cid, ("alice", "d1"), ("bob", "phone"), ("bob", "laptop"), ("carol", "d1"))
+    events: list[tuple[float, float]] = []
+
+    def handler(event: str, measurements: telemetry.Measurements, metadata: telemetry.Metadata) -> None:
+        if metadata.get("kind") == "push":
+            events.append((measurements["size"], measurements["count"]))
+
+    telemetry.attach("test-live-sent", [telemetry.MESSAGE_SENT], handler)
+    try:
+        await node.send(cid, "alice", 2)
+        await settle()
+    finally:
+        telemetry.detach("test-live-sent")
+
+    topics = [(d, topic) for d in devices for topic in (f"conversation:{cid}", f"user:{d.identity.user_id}")]
+    written = sum(len(new_message_frames(device, topic)) for device, topic in topics)
+    assert written == 2 * 4 * 2  # two messages, four devices, two topics
+    assert sum(count for _, count in events) == written
+    # One conversation encoding and one spliced `user:` encoding per message (same serializer and join_ref).
+    assert len(events) == 4
+
+
 async def test_live_frames_are_the_bytes_a_per_device_push_or_a_replay_sends(node: Node) -> None:
     cid = await node.conversation("alice", "bob")
     [bob] = await joined(node, cid, ("bob", "phone"))
@@ -116,20 +141,17 @@ async def test_a_publication_lost_on_the_user_stream_is_read_back_at_the_next_ju
     assert [m["seq"] for m in bob.events(f"conversation:{cid}", "new_message")] == [1, 2]
 
 
-async def test_a_member_added_after_the_membership_read_gets_the_message_live(
-    node: Node, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cid = await node.conversation("alice")
-    carol = node.device("carol")
+async def test_the_fan_out_follows_the_membership_the_write_read(node: Node) -> None:
+    cid = await node.conversation("alice", "bob")
+    carol, bob = node.device("carol"), node.device("bob")
     assert (await carol.join("user:carol"))["status"] == "ok"
+    assert (await bob.join("user:bob"))["status"] == "ok"
     await settle()
     await node.store.add_member(cid, "carol")
+    await node.store.remove_member(cid, "bob")
 
-    async def stale_members(conversation_id: str) -> list[str]:
-        return ["alice"]  # read before carol was added
-
-    monkeypatch.setattr(node.store, "members", stale_members)
     [message] = await node.send(cid, "alice", 1)
     await settle()
-    # The fan-out follows the recipients the write numbered, not the membership read.
+    # No membership read or cache before the write: the recipients are the write's own.
     assert [m["id"] for m in carol.events("user:carol", "new_message")] == [message.id]
+    assert bob.events("user:bob", "new_message") == []

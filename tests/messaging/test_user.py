@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.messaging.conftest import Node, open_node, settle
 
 UNAUTHORIZED = {"status": "error", "response": {"reason": "unauthorized"}}
@@ -110,3 +112,25 @@ async def test_notifications_and_notification_read(node: Node) -> None:
         "status": "error",
         "response": {"reason": "unknown_event"},
     }
+
+
+async def test_a_join_without_last_seq_reads_cursor_and_first_page_in_one_store_call(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cid = await node.conversation("alice", "bob")
+    await node.send(cid, "bob", 4)
+    await node.store.advance_cursor("alice", "d1", 1)
+    calls: list[str] = []
+    for name in ("cursor", "inbox_after", "inbox_from_cursor"):
+        original = getattr(node.store, name)
+
+        async def counted(*args: Any, _original: Any = original, _name: str = name) -> Any:
+            calls.append(_name)
+            return await _original(*args)
+
+        monkeypatch.setattr(node.store, name, counted)
+    alice = node.device("alice")
+    assert (await alice.join("user:alice"))["status"] == "ok"
+    assert calls == ["inbox_from_cursor"]  # the join's reads: one trip (the go-live pull comes later)
+    await settle()
+    assert [m["inbox_seq"] for m in alice.events("user:alice", "new_message")] == [2, 3, 4]

@@ -258,10 +258,20 @@ class PostgresStore:
         content: str,
         metadata: JSONObject,
         reply_to: str | None,
+        *,
+        require_member: bool = False,
     ) -> Appended:
         """See `MessageStore.append`. Blocks until the batch holding it has committed."""
         request = AppendRequest.build(
-            conversation_id, sender_id, sender_device_id, client_message_id, type, content, metadata, reply_to
+            conversation_id,
+            sender_id,
+            sender_device_id,
+            client_message_id,
+            type,
+            content,
+            metadata,
+            reply_to,
+            require_member=require_member,
         )
         return await self._appends.submit(request)
 
@@ -418,6 +428,11 @@ class PostgresStore:
             (user_id, device_id),
         )
         return int(rows[0][0]) if rows else 0
+
+    async def inbox_from_cursor(self, user_id: str, device_id: str, limit: int) -> tuple[int, InboxPage]:
+        """See `MessageStore.inbox_from_cursor` (two queries: there is no store thread to save a trip to)."""
+        position = await self.cursor(user_id, device_id)
+        return position, await self.inbox_after(user_id, position, limit)
 
     async def advance_cursor(self, user_id: str, device_id: str, seq: int) -> int:
         """See `MessageStore.advance_cursor`.

@@ -294,10 +294,20 @@ class SQLiteStore:
         content: str,
         metadata: JSONObject,
         reply_to: str | None,
+        *,
+        require_member: bool = False,
     ) -> Appended:
         """See `MessageStore.append`. Blocks until the batch holding it has committed."""
         request = AppendRequest.build(
-            conversation_id, sender_id, sender_device_id, client_message_id, type, content, metadata, reply_to
+            conversation_id,
+            sender_id,
+            sender_device_id,
+            client_message_id,
+            type,
+            content,
+            metadata,
+            reply_to,
+            require_member=require_member,
         )
         return await self._appends.submit(request)
 
@@ -441,6 +451,15 @@ class SQLiteStore:
             "SELECT acked_seq FROM device_cursors WHERE user_id = ? AND device_id = ?", (user_id, device_id)
         ).fetchone()
         return 0 if row is None else int(row[0])
+
+    async def inbox_from_cursor(self, user_id: str, device_id: str, limit: int) -> tuple[int, InboxPage]:
+        """See `MessageStore.inbox_from_cursor`: both reads on one trip to the store's thread."""
+        check_page_args(0, limit)
+        return await self._run("inbox_from_cursor", self._inbox_from_cursor, user_id, device_id, limit)
+
+    def _inbox_from_cursor(self, user_id: str, device_id: str, limit: int) -> tuple[int, InboxPage]:
+        position = self._cursor(user_id, device_id)
+        return position, self._inbox_after(user_id, position, limit)
 
     async def advance_cursor(self, user_id: str, device_id: str, seq: int) -> int:
         """See `MessageStore.advance_cursor`.

@@ -33,7 +33,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from whispr.protocol import NORMAL, STATUS_ERROR, STATUS_OK, Identity, Payload, Reason
+from whispr.protocol import NORMAL, STATUS_ERROR, STATUS_OK, Identity, Payload, Reason, SharedFrames
 
 
 class ChannelSocket(Protocol):
@@ -64,10 +64,12 @@ class ChannelSocket(Protocol):
         """
         ...
 
-    def push_shared(self, event: str, payload: Payload, frames: dict[object, bytes] | None) -> None:
-        """`push`, with the frame built at most once per (serializer, join_ref) among the calls that
-        share `frames`: every such call must push the same `event` and `payload` on the same topic
-        (one stream entry handed to several devices). `frames` None: a plain `push`.
+    def push_shared(self, event: str, payload: dict[str, Any], frames: SharedFrames | None) -> None:
+        """`push`, with the frame encoded through `frames` (`whispr.protocol.SharedFrames`): at most
+        once per (serializer, join_ref) among the calls that share it, which must all push the same
+        `event` and `payload` on the same topic (one stream entry handed to several devices), or,
+        for a spliced `frames`, payloads that differ only in the spliced key's int value. `frames`
+        None: a plain `push`. The owner of `frames` emits MESSAGE_SENT for these writes.
 
         The bytes written are exactly those `push` writes (this instance's join_ref included).
 

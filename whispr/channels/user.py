@@ -27,6 +27,7 @@ Errors: `invalid_payload`, `service_unavailable` (the store failed; channel kept
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from whispr.channels.base import (
     NOREPLY,
@@ -53,11 +54,11 @@ from whispr.channels.conversation import (
 from whispr.channels.notification import NotificationChannel
 from whispr.channels.router import Router
 from whispr.delivery.deps import Deps
-from whispr.delivery.live import Feed, Gate, Page, inbox_reader, user_topic
+from whispr.delivery.live import Feed, Gate, Page, inbox_page, inbox_reader, user_topic
 from whispr.delivery.router import InvalidPayload, seq_param
 from whispr.delivery.store import StoreUnavailable
 from whispr.presence import PRESENCE_STATE_EVENT
-from whispr.protocol import Payload, Reason
+from whispr.protocol import Payload, Reason, SharedFrames
 
 SYNC_LIMIT = 500
 """Most entries one `sync` returns (contract §3), also its default."""
@@ -78,11 +79,12 @@ def make_router(deps: Deps) -> Router:
 class UserChannel(Channel):
     """One device on its user's inbox. Built per join by `make_router`."""
 
-    __slots__ = ("_deps", "_feed", "_first", "_gate")
+    __slots__ = ("_deps", "_feed", "_first", "_gate", "_socket")
 
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
         # Set by an accepted join.
+        self._socket: ChannelSocket
         self._gate: Gate
         self._feed: Feed
         self._first: Page | None = None  # the first replay page, until `after_join` sends it
@@ -103,14 +105,17 @@ class UserChannel(Channel):
             return error(INVALID_PAYLOAD)
         read = inbox_reader(deps.store, identity.user_id)
         try:
-            if position is None:
-                position = await deps.store.cursor(identity.user_id, identity.device_id)
-            first = await read(position, deps.live.page_size)
+            if position is None:  # the stored cursor and the first page: one store round trip
+                position, page = await deps.store.inbox_from_cursor(
+                    identity.user_id, identity.device_id, deps.live.page_size
+                )
+                first = inbox_page(page)
+            else:
+                first = await read(position, deps.live.page_size)
         except StoreUnavailable:
             return error(SERVICE_UNAVAILABLE)
-        self._gate = Gate(
-            identity.user_id, position, lambda seq, payload, frames: socket.push_shared(NEW_MESSAGE, payload, frames)
-        )
+        self._socket = socket
+        self._gate = Gate(identity.user_id, position, self._deliver)
         self._feed = deps.live.attach(topic, self._gate, read)
         self._first = first
         track_presence(socket, deps)
@@ -123,6 +128,10 @@ class UserChannel(Channel):
                 "recovered": first.recovered,
             }
         )
+
+    def _deliver(self, seq: int, payload: dict[str, Any], frames: SharedFrames | None) -> None:
+        """The gate's `Deliver` (a method, not a closure per join: memory per idle socket)."""
+        self._socket.push_shared(NEW_MESSAGE, payload, frames)
 
     async def handle_in(self, event: str, payload: Payload, socket: ChannelSocket) -> HandleInResult:
         """See the module docstring's table."""

@@ -6,6 +6,8 @@ it returns, numbers the inbox entries with `number_inbox` from the inbox heads, 
 
 Invariants (given the conversations are locked for the whole transaction):
 - per conversation, new seqs continue the head with no gap, in request order;
+- a request with `require_member` whose sender is not an active member (read in the same
+  transaction) yields `NotMember`, and nothing is written for it, even for a stored key;
 - a key already stored, or repeated earlier in the same batch, yields the first message and
   `duplicate=True`, and nothing is written for it;
 - each inbox receives its new entries in request order, so per-conversation order holds in it.
@@ -18,14 +20,15 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from whispr.delivery.store import Appended, ConversationNotFound, JSONObject, Message, StoreError
+from whispr.delivery.store import Appended, ConversationNotFound, JSONObject, Message, NotMember, StoreError
 
 Key = tuple[str, str, str]  # (conversation_id, sender_id, client_message_id)
 
 
 @dataclass(frozen=True, slots=True)
 class AppendRequest:
-    """One `append` call; `metadata_json` is the canonical JSON text that is stored."""
+    """One `append` call; `metadata_json` is the canonical JSON text that is stored; `require_member`:
+    refuse it unless the sender is an active member when it is written."""
 
     conversation_id: str
     sender_id: str
@@ -35,6 +38,7 @@ class AppendRequest:
     content: str
     metadata_json: str
     reply_to: str | None
+    require_member: bool
 
     @classmethod
     def build(
@@ -47,6 +51,8 @@ class AppendRequest:
         content: str,
         metadata: JSONObject,
         reply_to: str | None,
+        *,
+        require_member: bool,
     ) -> AppendRequest:
         """Validate and encode in the caller's task, so a bad request fails only its caller.
 
@@ -63,6 +69,7 @@ class AppendRequest:
             content,
             metadata_json,
             reply_to,
+            require_member,
         )
 
     @property
@@ -112,6 +119,11 @@ def plan_batch(
         if head is None:
             plan.results.append(ConversationNotFound(request.conversation_id))
             continue
+        members = recipients.get(request.conversation_id, ())
+        if request.require_member and request.sender_id not in members:
+            # The membership check of contract §3 `send_message`, in the write's own transaction.
+            plan.results.append(NotMember(request.conversation_id))
+            continue
         original = seen.get(request.key)
         if original is not None:
             plan.results.append((original, True))
@@ -132,7 +144,7 @@ def plan_batch(
         plan.heads[request.conversation_id] = message.seq
         seen[request.key] = message
         plan.new_messages.append((message, request.metadata_json))
-        plan.deliveries.extend((user_id, message) for user_id in recipients.get(request.conversation_id, ()))
+        plan.deliveries.extend((user_id, message) for user_id in members)
         plan.results.append((message, False))
     return plan
 

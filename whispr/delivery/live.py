@@ -67,12 +67,15 @@ never an entry.
 
 Encode once: a feed builds an entry's payload once (one per message for the conversation stream,
 one per recipient for `user:`, whose `inbox_seq` is that user's) and hands it to all its live gates
-with one frame cache (`Deliver`'s third argument); each channel pushes with
-`ChannelSocket.push_shared`, which encodes and frames once per (serializer, join_ref) and writes the
-same bytes to every device that shares them. The frames are exactly those of a per-device `push`
-(the channel's join_ref included, so clients keep dropping a left join's frames); devices whose
-clients number their joins alike (phoenix.js: the first join of a socket is ref "1"...) share one
-encoding per stream entry.
+with one `SharedFrames` (`Deliver`'s third argument); each channel pushes with
+`ChannelSocket.push_shared`, which encodes once per (serializer, join_ref) and writes the same bytes
+to every device that shares them. A live message's `user:` entries share one spliced
+`SharedFrames` across all its recipients: the message is encoded once per (serializer, join_ref)
+and each recipient's frame only fills in its topic and `inbox_seq`. The frames are exactly those of
+a per-device `push` (the channel's join_ref included, so clients keep dropping a left join's
+frames); devices whose clients number their joins alike (phoenix.js: the first join of a socket is
+ref "1"...) share one encoding. MESSAGE_SENT is emitted once per frame built, with `count` the
+sockets it was written to (`sent`).
 """
 
 from __future__ import annotations
@@ -85,10 +88,14 @@ from typing import Any, Protocol
 
 import trio
 
-from whispr.delivery.store import InboxEntry, Message, MessageStore, StoreUnavailable
-from whispr.observability.telemetry import MESSAGE_DELIVERED, RECOVERY, emit
+from whispr.delivery.store import InboxEntry, InboxPage, Message, MessageStore, StoreUnavailable
+from whispr.observability.telemetry import MESSAGE_DELIVERED, MESSAGE_SENT, RECOVERY, emit
+from whispr.protocol import SharedFrames
 
 _LIVE = {"path": "live"}
+_PUSH = {"kind": "push"}
+INBOX_SEQ = "inbox_seq"
+"""The key `user:` pushes add to the Message payload: the entry's inbox seq."""
 
 PAGE_SIZE = 100
 """Entries read per store call, by replays and pulls."""
@@ -99,9 +106,7 @@ _log = logging.getLogger("whispr.delivery")
 
 Entry = tuple[int, dict[str, Any]]
 """(stream seq, the `new_message` payload)."""
-Frames = dict[object, bytes]
-"""Frames of one entry already built, keyed by (serializer, join_ref, topic) (`ChannelSocket.push_shared`)."""
-Deliver = Callable[[int, dict[str, Any], Frames | None], None]
+Deliver = Callable[[int, dict[str, Any], SharedFrames | None], None]
 """Sends one entry to one device (synchronous, never blocks): `(seq, payload, frames)`, where
 `frames` is shared by every device the same entry is handed to (None: a replay, one device)."""
 
@@ -135,18 +140,28 @@ def inbox_payload(entry: InboxEntry) -> dict[str, Any]:
     """The `new_message` payload on `user:` topics: the Message plus its `inbox_seq`, the seq that
     `ack`, `sync` and the join's `last_seq` count in (store docstring, "the user inbox")."""
     payload = entry.message.payload()
-    payload["inbox_seq"] = entry.seq
+    payload[INBOX_SEQ] = entry.seq
     return payload
+
+
+def sent(frames: SharedFrames) -> None:
+    """Emit MESSAGE_SENT once per frame `frames` built, with the sockets it was written to."""
+    for size, count in frames.uses():
+        emit(MESSAGE_SENT, {"size": size, "count": count}, _PUSH)
 
 
 def inbox_reader(store: MessageStore, user_id: str) -> Reader:
     """Reads `user_id`'s inbox (inbox seqs)."""
 
     async def read(after_seq: int, limit: int) -> Page:
-        page = await store.inbox_after(user_id, after_seq, limit)
-        return Page([(e.seq, inbox_payload(e)) for e in page.entries], page.head_seq, page.has_more, page.recovered)
+        return inbox_page(await store.inbox_after(user_id, after_seq, limit))
 
     return read
+
+
+def inbox_page(page: InboxPage) -> Page:
+    """An inbox page as a feed `Page` (entries as `new_message` payloads)."""
+    return Page([(e.seq, inbox_payload(e)) for e in page.entries], page.head_seq, page.has_more, page.recovered)
 
 
 def conversation_reader(store: MessageStore, conversation_id: str) -> Reader:
@@ -174,7 +189,7 @@ class Gate:
         self.revoked = False
         self._deliver = deliver
 
-    def offer(self, seq: int, payload: dict[str, Any], frames: Frames) -> None:
+    def offer(self, seq: int, payload: dict[str, Any], frames: SharedFrames) -> None:
         """Pass the entry if the gate is live, not revoked, and the device does not have it yet."""
         if self.live and not self.revoked and seq > self.position:
             self.position = seq
@@ -210,15 +225,18 @@ class Feed:
         """True if a gate of this feed is live."""
         return any(gate.live for gate in self.gates)
 
-    def offer(self, seq: int, payload: dict[str, Any]) -> None:
-        """An entry from the live path: hand it over if it is next, buffer it if it jumps."""
+    def offer(self, seq: int, payload: dict[str, Any], frames: SharedFrames | None = None) -> None:
+        """An entry from the live path: hand it over if it is next, buffer it if it jumps.
+
+        `frames`: shared with other feeds' entries of the same message (the caller then emits
+        `sent`); None: this entry's own."""
         if seq <= self.head or not self.has_live():
             return  # already handed over, or nobody live: the replays and the go-live pull read it
         if seq > self.head + 1:
             if len(self.pending) < MAX_PENDING:
                 self.pending[seq] = payload
             return
-        self._hand_over(seq, payload)
+        self._hand_over(seq, payload, frames)
         self._drain()
 
     async def pull(self, page_size: int) -> None:
@@ -239,13 +257,17 @@ class Feed:
             if not page.has_more:
                 return
 
-    def _hand_over(self, seq: int, payload: dict[str, Any]) -> None:
+    def _hand_over(self, seq: int, payload: dict[str, Any], shared: SharedFrames | None = None) -> None:
         self.head = seq
-        frames: Frames = {}
+        frames = SharedFrames() if shared is None else shared
         for gate in self.gates:
             gate.offer(seq, payload, frames)
+        if shared is None:
+            sent(frames)
 
     def _drain(self) -> None:
+        if not self.pending:
+            return  # the usual case: nothing jumped ahead
         for seq in [seq for seq in self.pending if seq <= self.head]:
             del self.pending[seq]
         while (payload := self.pending.pop(self.head + 1, None)) is not None:
@@ -442,12 +464,15 @@ class LiveDelivery:
                         },
                         _LIVE,
                     )
+                # One encoding per (serializer, join_ref) for all the recipients' `user:` frames.
+                inbox_frames = SharedFrames(splice=INBOX_SEQ)
                 for user_id, inbox_seq in work.inbox.items():
                     inbox = self._feeds.get(user_topic(user_id))
                     if inbox is not None and inbox_seq > inbox.head:
                         # Same keys, same order as `inbox_payload`: the bytes a replay would send.
-                        inbox.offer(inbox_seq, {**payload, "inbox_seq": inbox_seq})
+                        inbox.offer(inbox_seq, {**payload, INBOX_SEQ: inbox_seq}, inbox_frames)
                         offered[inbox] = None
+                sent(inbox_frames)
             for feed in offered:
                 if feed.pending:
                     to_pull[feed] = None  # a seq is still missing after the whole batch: read it

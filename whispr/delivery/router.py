@@ -3,17 +3,18 @@
 One path for every sender: the `conversation:` channel's `send_message` and the service API's
 `POST /api/v1/conversations/<id>/messages` both call `MessageRouter.send`:
 
-1. the conversation's active members are read; a user who is not one is refused (`NotMember`);
-2. the message is appended (group-committed); the call returns only once it is committed, so the
+1. the message is appended (group-committed) with `require_member`: the store refuses a sender who
+   is not an active member (`NotMember`) in the write's own transaction, so a send costs one store
+   call, and no membership cache can go stale. The call returns only once it is committed, so the
    caller's `ok` means durable (§4.1). A repeated `client_message_id` of the same sender returns
    the original with `duplicate=True` (§4.2);
-3. a new message is published to `LiveDelivery` synchronously, before the caller can answer, with
+2. a new message is published to `LiveDelivery` synchronously, before the caller can answer, with
    the inbox seq each recipient got in the same transaction (`MessageStore.append`): it reaches
    `new_message` on `conversation:<id>` and on `user:<recipient>`, on every device (§4.4), without
    reading the store back. A duplicate is not published again.
 
-Membership is read once per send for the check; the fan-out goes to the recipients the store
-numbered at write time (so a member added between that read and the commit gets it live too).
+The fan-out goes to the recipients the store numbered at write time, the members of that same
+transaction: a member removed before the commit never gets the message, one added before it does.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from typing import Any
 import trio
 
 from whispr.delivery.live import LiveDelivery
-from whispr.delivery.store import Message, MessageStore
+from whispr.delivery.store import Message, MessageStore, NotMember
+
+__all__ = ["SYSTEM_SENDER", "Draft", "InvalidPayload", "MessageRouter", "NotMember", "seq_param"]
 
 MESSAGE_TYPE_TEXT = "text"
 SYSTEM_SENDER = "system"
@@ -34,10 +37,6 @@ SYSTEM_SENDER = "system"
 
 class InvalidPayload(ValueError):
     """A `send_message` payload that does not match contract §3 (wire reason `invalid_payload`)."""
-
-
-class NotMember(Exception):
-    """The sender is not an active member of the conversation (wire reason `not_member`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +92,7 @@ class MessageRouter:
     ) -> tuple[Message, bool]:
         """Store `draft` from the sender and publish it; return `(message, duplicate)`.
 
-        Blocks until the message is committed (two store calls). `as_system` skips the membership
+        Blocks until the message is committed (one store call). `as_system` skips the membership
         check (the service API posting as `SYSTEM_SENDER`).
 
         Raises:
@@ -102,9 +101,6 @@ class MessageRouter:
             StoreUnavailable: nothing is acked; the client retries with the same `client_message_id`.
         """
         accepted_at = trio.current_time()
-        members = await self._store.members(conversation_id)
-        if not as_system and sender_id not in members:
-            raise NotMember(conversation_id)
         appended = await self._store.append(
             conversation_id,
             sender_id,
@@ -114,6 +110,7 @@ class MessageRouter:
             draft.content,
             draft.metadata,
             draft.reply_to,
+            require_member=not as_system,
         )
         message, duplicate = appended.message, appended.duplicate
         if not duplicate:

@@ -46,6 +46,7 @@ timeout, or the store is closed), raised `from` the backend's own exception.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -67,10 +68,21 @@ class ConversationNotFound(StoreError):
     """The conversation id does not exist."""
 
 
+class NotMember(StoreError):
+    """The sender is not an active member of the conversation (wire reason `not_member`)."""
+
+
 def iso_ms(ms: int) -> str:
     """Milliseconds since the epoch as ISO 8601 UTC with milliseconds, e.g. `2024-05-01T12:00:00.123Z`."""
-    when = _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    seconds, millis = divmod(ms, 1000)
+    return f"{_iso_second(seconds)}{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _iso_second(seconds: int) -> str:
+    # Cached: every message payload formats its time, and those of one second share this part
+    # (strftime is most of `Message.payload()`'s cost on the send path).
+    return _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,17 +195,21 @@ class MessageStore(Protocol):
         content: str,
         metadata: JSONObject,
         reply_to: str | None,
+        *,
+        require_member: bool = False,
     ) -> Appended:
         """Store a message durably and return it (`Appended`).
 
         Returns once the message is committed, with `duplicate` False and `inbox` the inbox seq each
         recipient got (so live delivery hands `user:` entries over without reading them back); or the
         original message with `duplicate` True if this sender already sent `client_message_id` in
-        this conversation. Membership is not checked here (the router does it); the sender needs no
-        user row.
+        this conversation. With `require_member` the sender must be an active member, read in the
+        same transaction (so a removal committed before it is never missed); without it the sender
+        needs neither membership nor a user row (the service API posting as the system).
 
         Raises:
             ConversationNotFound: the conversation does not exist.
+            NotMember: `require_member` and the sender is not an active member (nothing stored).
             TypeError: `metadata` is not JSON-serialisable.
         """
         ...
@@ -215,6 +231,11 @@ class MessageStore(Protocol):
 
     async def cursor(self, user_id: str, device_id: str) -> int:
         """The inbox seq this device has acked (0 if it never acked)."""
+        ...
+
+    async def inbox_from_cursor(self, user_id: str, device_id: str, limit: int) -> tuple[int, InboxPage]:
+        """`cursor(user_id, device_id)` and `inbox_after(user_id, that cursor, limit)` in one call:
+        what a `user:` join without `last_seq` reads (one trip to the SQLite store's thread, not two)."""
         ...
 
     async def advance_cursor(self, user_id: str, device_id: str, seq: int) -> int:

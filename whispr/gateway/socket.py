@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from time import perf_counter
+from typing import Any
 
 import trio
 
@@ -70,6 +71,7 @@ from whispr.protocol import (
     Send,
     Serializer,
     Session,
+    SharedFrames,
     Terminate,
 )
 from whispr.protocol.session import DEFAULT_MAX_CHANNELS
@@ -109,19 +111,16 @@ class ChannelHandle:
         self._check_joined()
         self._socket._send(Message(self.topic, event, payload, None, self.join_ref), _PUSH, droppable)
 
-    def push_shared(self, event: str, payload: Payload, frames: dict[object, bytes] | None) -> None:
+    def push_shared(self, event: str, payload: dict[str, Any], frames: SharedFrames | None) -> None:
         """See `whispr.channels.base.ChannelSocket.push_shared`."""
         self._check_joined()
         socket = self._socket
         if frames is None:
             socket._send(Message(self.topic, event, payload, None, self.join_ref), _PUSH)
-            return
-        # The topic is in the key too, so a cache shared by mistake across topics stays correct.
-        key = (socket.serializer, self.join_ref, self.topic)
-        frame = frames.get(key)
-        if frame is None:
-            frame = frames[key] = socket._frame(Message(self.topic, event, payload, None, self.join_ref))
-        socket._write(frame, _PUSH)
+        elif not socket._gone:
+            # MESSAGE_SENT is emitted by the owner of `frames`, once per encoding.
+            frame = frames.frame(socket.serializer, self.topic, event, payload, self.join_ref, text_frame)
+            socket.transport.send(frame)
 
     def broadcast(self, event: str, payload: Payload, *, droppable: bool = False) -> None:
         """See `whispr.channels.base.ChannelSocket.broadcast`."""

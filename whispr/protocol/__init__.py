@@ -38,6 +38,7 @@ from .session import (
     Session,
     Terminate,
 )
+from .shared import SharedFrames
 from .v1_json import V1, V1JSONSerializer
 from .v2_json import V2, V2JSONSerializer
 
@@ -76,6 +77,7 @@ __all__ = [
     "Send",
     "Serializer",
     "Session",
+    "SharedFrames",
     "Terminate",
     "V1JSONSerializer",
     "V2JSONSerializer",
