@@ -19,11 +19,23 @@ shutdown, pool timeout, statement timeout, deadlock) and the per-call timeout be
 `StoreUnavailable`, raised from the original. The pool replaces broken connections by itself
 (`check_connection` on every checkout), so calls succeed again once the server is back.
 
-Circuit breaker (contract.md §5; reliability.md D8, D9): every call, appends (one call per batch)
-and the pool's opening included, runs through one `CircuitBreaker("postgres")` whose `call_timeout`
-is the per-call timeout. Five failures in a row (`StoreUnavailable` or the timeout) open it; while
-open, every call raises `StoreUnavailable` at once, raised from `CircuitOpen`, without waiting on
-the pool, so a send gets `service_unavailable` in well under a second instead of after a timeout.
+Admission (local overload is not a PostgreSQL failure): the pool has a fixed size (`pool_size`
+connections, opened up front and kept), and a call first takes one of `pool_size` slots of a
+`trio.CapacityLimiter`, FIFO, *before* the breaker. So at most `pool_size` calls are inside the
+breaker, and the queue that forms when the node's own calls hold every connection (a reconnect
+storm after a restart, reliability.md E5) waits in Trio, outside the breaker. A call that gets no
+slot within `call_timeout` raises `StoreUnavailable` ("node overloaded") and counts neither way.
+An admitted call finds a connection in the pool unless PostgreSQL broke it, or the pool is still
+opening it; so what the breaker times is the checkout from a pool that should have a connection,
+plus the statement: refused or lost connections, a pool that cannot open any (`PoolTimeout`), and
+a hung server or statement (the breaker's deadline) all count, as D8 and D9 require.
+
+Circuit breaker (contract.md §5; reliability.md D8, D9): every admitted call, appends (one call per
+batch) and the pool's opening included, runs through one `CircuitBreaker("postgres")` whose
+`call_timeout` is the per-call timeout. Five failures in a row (`StoreUnavailable` or the timeout)
+open it; while open, every call raises `StoreUnavailable` at once, raised from `CircuitOpen`,
+without waiting on the pool (refused calls give their slot back at once), so a send gets
+`service_unavailable` in well under a second instead of after a timeout.
 After `reset_timeout` (30 s) the next three calls are trials: all three succeed → closed, one fails
 → open again. Answers such as `ConversationNotFound` count as successes. The breaker's state is
 `PostgresStore.breaker`, and reaches /metrics and the logs through CIRCUIT_STATE telemetry.
@@ -74,6 +86,12 @@ T = TypeVar("T")
 
 MAX_BATCH = 1024
 CALL_TIMEOUT = 2.0  # reliability.md D9: a 2 s app timeout
+# Connections per node, all opened at start. A node is one Trio thread and a call costs it ~0.6 ms
+# of CPU (bridge included), so it makes at most ~1,450 calls/s (measured on a local server: the same
+# at 1, 10 and 40 calls at once). By Little's law 10 connections sustain that rate up to ~7 ms per
+# call (a remote server); more would only queue inside PostgreSQL, and 10 per node keeps 9 nodes
+# under the server's default max_connections (100, 3 reserved).
+POOL_SIZE = 10
 RESET_TIMEOUT = 30.0  # contract.md §5: the breaker stays open 30 s
 _MIGRATION_LOCK = 0x77686973  # pg_advisory_xact_lock key ("whis"): one migrator at a time
 _MESSAGE_COLUMNS = (
@@ -140,8 +158,7 @@ async def open_postgres_store(
     max_batch: int = MAX_BATCH,
     call_timeout: float = CALL_TIMEOUT,
     reset_timeout: float = RESET_TIMEOUT,
-    min_size: int = 2,
-    max_size: int = 10,
+    pool_size: int = POOL_SIZE,
 ) -> AsyncIterator[PostgresStore]:
     """Open a pool to `dsn`, migrate the schema, and close the pool on exit.
 
@@ -152,9 +169,10 @@ async def open_postgres_store(
         clock: Unix time in seconds; `inserted_at` and retention use it (tests inject one).
         retention: seconds during which messages are replayed.
         max_batch: most appends per transaction (1 disables group commit).
-        call_timeout: seconds any one call may take, pool wait included (the breaker's `call_timeout`).
+        call_timeout: seconds a call may wait for one of the node's `pool_size` slots, and then
+            seconds it may take to check out a connection and run (the breaker's `call_timeout`).
         reset_timeout: seconds the circuit breaker stays open before its trial calls.
-        min_size, max_size: the pool's bounds.
+        pool_size: connections to keep open (a fixed pool), and calls admitted at once.
 
     Resource handling: runs the group-commit writer in a nursery of its own. On exit, appends not
     yet committed get `StoreUnavailable`, then the pool is closed (shielded from cancellation).
@@ -163,10 +181,12 @@ async def open_postgres_store(
         StoreUnavailable: the database cannot be reached within `call_timeout`, or cannot be migrated.
     """
     statement_timeout_ms = int(call_timeout * 1000) + 500
+    # A fixed pool (psycopg_pool's min_size == max_size): a connection opened on demand, during a
+    # burst, would make admitted calls wait on connect(), and that wait counts against the breaker.
     pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
         dsn,
-        min_size=min_size,
-        max_size=max_size,
+        min_size=pool_size,
+        max_size=pool_size,
         open=False,
         timeout=call_timeout,
         check=AsyncConnectionPool.check_connection,
@@ -208,6 +228,8 @@ class PostgresStore:
         self._clock = clock
         self._retention_ms = int(retention * 1000)
         self.breaker = breaker
+        # One slot per pool connection; taken before the breaker (module docstring, "Admission").
+        self._slots = trio.CapacityLimiter(pool.max_size)
         self._appends: GroupCommit[AppendRequest, Appended] = GroupCommit(self._commit_appends, max_batch)
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -216,18 +238,31 @@ class PostgresStore:
         return int(self._clock() * 1000)
 
     async def _call(self, operation: str, fn: Callable[..., Awaitable[T]], *args: object) -> T:
-        """Cross the bridge once to await `fn(*args)` through the breaker; translate its errors.
+        """Take a slot, then cross the bridge once to await `fn(*args)` through the breaker; translate
+        its errors.
 
-        Blocking: at most the breaker's `call_timeout`; not at all while the breaker is open.
-        Cancellable: yes. Raises `StoreUnavailable` (down, timed out, or circuit open) or the
-        `StoreError` answer `fn` raised (e.g. `ConversationNotFound`).
+        Blocking: up to the breaker's `call_timeout` waiting for a slot while the node's own calls
+        hold all of them, then up to `call_timeout` more in the breaker (not at all while it is
+        open). Cancellable: yes. Raises `StoreUnavailable` (no slot in time, down, timed out, or
+        circuit open) or the `StoreError` answer `fn` raised (e.g. `ConversationNotFound`).
         """
+        timeout = self.breaker.call_timeout
+        with trio.move_on_after(timeout) as queued:
+            await self._slots.acquire()
+        if queued.cancelled_caught:
+            # Never reached the breaker: the wait measures this node's load, not PostgreSQL.
+            raise StoreUnavailable(
+                f"postgres {operation}: node overloaded, all {self._slots.total_tokens} connections"
+                f" busy with its own calls for {timeout}s (not counted as a PostgreSQL failure)"
+            )
         try:
             return await self.breaker.call(_translated, operation, fn, *args, operation=operation)
         except CircuitOpen as exc:
             raise StoreUnavailable(f"postgres circuit open; retry in {exc.retry_after:.1f}s") from exc
         except trio.TooSlowError as exc:
-            raise StoreUnavailable(f"postgres {operation} took longer than {self.breaker.call_timeout}s") from exc
+            raise StoreUnavailable(f"postgres {operation} took longer than {timeout}s") from exc
+        finally:
+            self._slots.release()
 
     async def _aio_migrate(self) -> list[int]:
         async with self._pool.connection() as conn:
