@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from tests.services import free_port
 from whispr.api.client import ApiClient, ApiResult
@@ -135,7 +135,11 @@ class RawClient:
         join_ref = ref if event == "phx_join" else self.join_refs.get(topic)
         try:
             await self.ws.send_message(json.dumps([join_ref, ref, topic, event, payload]))
-        except ConnectionClosed:
+        except ConnectionClosed as exc:
+            # trio-websocket refuses sends as soon as its reader has seen the server's close frame,
+            # while it is still echoing it and before `get_message` ends: this send may see the
+            # close first, and `read_loop` may then be cancelled before it records the code.
+            self._closed_with(exc.reason)
             raise Closed(f"{self.name} is closed") from None
         async with receive:
             try:
@@ -161,13 +165,18 @@ class RawClient:
                 if frame[3] == "phx_reply" and (waiter := self._replies.pop(frame[1], None)) is not None:
                     waiter.send_nowait(frame[4])
         except ConnectionClosed as exc:
-            self.close_code = exc.reason.code
-            self.closed_at = trio.current_time()
+            self._closed_with(exc.reason)
         finally:
             self.closed.set()
             for waiter in self._replies.values():
                 waiter.close()
             self._replies.clear()
+
+    def _closed_with(self, reason: CloseReason | None) -> None:
+        """Record how the connection ended, once: whichever of a send and `read_loop` saw it first."""
+        if self.close_code is None and reason is not None:
+            self.close_code = reason.code
+            self.closed_at = trio.current_time()
 
     def events(self, event: str) -> list[list[Any]]:
         return [frame for frame in self.frames if frame[3] == event]
