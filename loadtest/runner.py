@@ -119,17 +119,26 @@ class Run:
             await w.send(cmd)
 
     async def _progress_printer(self) -> None:
+        """One progress line every `progress_interval` until cancelled, then a last one: even a run
+        shorter than the interval shows its final state."""
+        try:
+            while True:
+                await trio.sleep(self.cfg.progress_interval)
+                self._print_progress()
+        finally:
+            self._print_progress(last=True)
+
+    def _print_progress(self, last: bool = False) -> None:
+        """On a terminal the line rewrites itself (`\\r`) until the last one ends it."""
         tty = hasattr(self.out, "isatty") and self.out.isatty()
-        while True:
-            await trio.sleep(self.cfg.progress_interval)
-            line = (
-                f"[{self.cfg.scenario}] {time.monotonic() - self.t0:6.1f}s {self.phase:<8} "
-                f"joined {self.total('joined')}/{self.cfg.connections} failed {self.total('failed')} "
-                f"live {self.total('live')} published {self.published} received {self.total('received')} "
-                f"replies {self.total('replies')}"
-            )
-            self.out.write(("\r" + line) if tty else (line + "\n"))
-            self.out.flush()
+        line = (
+            f"[{self.cfg.scenario}] {time.monotonic() - self.t0:6.1f}s {self.phase:<8} "
+            f"joined {self.total('joined')}/{self.cfg.connections} failed {self.total('failed')} "
+            f"live {self.total('live')} published {self.published} received {self.total('received')} "
+            f"replies {self.total('replies')}"
+        )
+        self.out.write(("\r" + line + ("\n" if last else "")) if tty else (line + "\n"))
+        self.out.flush()
 
     # --- main ----------------------------------------------------------------------------------
 

@@ -55,6 +55,9 @@ class LoadStandIn:
     conv_log: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     conv_members: dict[str, set[str]] = field(default_factory=dict)
     inbox: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # One per conversation: a send's seq assignment and its broadcasts happen in seq order, as in whispr
+    # (each connection is its own task and every write may yield, so without it seq 6 can overtake seq 5).
+    conv_locks: dict[str, trio.Lock] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -124,6 +127,12 @@ class LoadStandIn:
             await ws.send_message(json.dumps([join_ref, None, topic, "new_message", m], separators=(",", ":")))
 
     async def send_message(
+        self, ws: WebSocketConnection, join_ref: Any, ref: Any, topic: str, payload: Any, sub: Any
+    ) -> None:
+        async with self.conv_locks.setdefault(topic, trio.Lock()):
+            await self._append_and_broadcast(ws, join_ref, ref, topic, payload, sub)
+
+    async def _append_and_broadcast(
         self, ws: WebSocketConnection, join_ref: Any, ref: Any, topic: str, payload: Any, sub: Any
     ) -> None:
         log = self.conv_log.setdefault(topic, [])
