@@ -24,37 +24,22 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import trio
 
-from tests.delivery.bench_live import Device, Guard, Transport, settle
+from tests.delivery.bench_live import Device, Transport, settle, start_delivery
 from whispr.adapters.sqlite_store import open_sqlite_store
-from whispr.channels.user import make_router
-from whispr.delivery.deps import Deps
 from whispr.delivery.router import Draft
 from whispr.gateway.socket import PhoenixSocket
 from whispr.observability.metrics import Metrics
-from whispr.presence import PresenceTracker
 from whispr.protocol import V2, Identity
-from whispr.pubsub import PubSub
 
 SENDER = "lt-pub"
 
 
 async def run(members: int, messages: int, path: Path) -> None:
     async with open_sqlite_store(path) as store, trio.open_nursery() as nursery:
-        pubsub = PubSub()
-
-        def publish(topic: str, event: str, payload: dict[str, Any]) -> None:
-            pubsub.broadcast(topic, event, payload, droppable=True)
-
-        presence = PresenceTracker(publish, node="n1")
-        guard = Guard()
-        deps = Deps.build(store, presence, lambda identity: guard)
-        router = make_router(deps)
-        await nursery.start(deps.live.run)
-        await nursery.start(presence.run)
+        deps, router, pubsub = await start_delivery(store, nursery)
         users = [f"g{i}" for i in range(members)]
         cid = await store.create_conversation([*users, SENDER])
         devices = []

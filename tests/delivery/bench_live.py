@@ -39,8 +39,10 @@ import trio
 import trio.testing
 
 from whispr.adapters.sqlite_store import SQLiteStore, open_sqlite_store
+from whispr.channels.router import Router
 from whispr.channels.user import make_router
 from whispr.delivery.deps import Deps
+from whispr.delivery.store import MessageStore
 from whispr.gateway.socket import PhoenixSocket
 from whispr.observability.metrics import Metrics
 from whispr.presence import PresenceTracker
@@ -150,6 +152,23 @@ async def settle() -> None:
             return
 
 
+async def start_delivery(store: MessageStore, nursery: trio.Nursery) -> tuple[Deps, Router, PubSub]:
+    """A node's messaging services over `store` without the network, as `whispr.app` wires them:
+    local pub/sub, presence, live delivery (started in `nursery`), and the channel router over a
+    guard that admits everything."""
+    pubsub = PubSub()
+
+    def publish(topic: str, event: str, payload: dict[str, Any]) -> None:
+        pubsub.broadcast(topic, event, payload, droppable=True)
+
+    presence = PresenceTracker(publish, node="n1")
+    guard = Guard()
+    deps = Deps.build(store, presence, lambda identity: guard)
+    await nursery.start(deps.live.run)
+    await nursery.start(presence.run)
+    return deps, make_router(deps), pubsub
+
+
 def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else (values[0] if values else 0.0)
 
@@ -161,17 +180,7 @@ async def run_once(args: argparse.Namespace, path: Path, seed: int) -> dict[str,
         read_cpu = [0.0]
         sqlite._inbox_after = timed(sqlite._inbox_after, read_cpu)  # type: ignore[method-assign]
         sqlite._messages_after = timed(sqlite._messages_after, read_cpu)  # type: ignore[method-assign]
-        pubsub = PubSub()
-
-        def publish(topic: str, event: str, payload: dict[str, Any]) -> None:
-            pubsub.broadcast(topic, event, payload, droppable=True)
-
-        presence = PresenceTracker(publish, node="n1")
-        guard = Guard()
-        deps = Deps.build(store, presence, lambda identity: guard)
-        router = make_router(deps)
-        await nursery.start(deps.live.run)
-        await nursery.start(presence.run)
+        deps, router, pubsub = await start_delivery(store, nursery)
 
         conversations: list[tuple[str, list[Device]]] = []
         for c in range(args.conversations):
