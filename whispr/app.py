@@ -69,7 +69,7 @@ from whispr.security.audit import AuditLog
 from whispr.security.client_ip import ClientIpResolver
 from whispr.security.expiry import CLOSE_TOKEN_EXPIRED, ExpiryWatch
 from whispr.security.gatekeeper import Admission, DirectoryUnavailable, Gatekeeper, SocketGuard
-from whispr.security.limits import FallbackLimiter, Limiter, LimitsConfig, LocalLimiter, Rate
+from whispr.security.limits import PRIMARY_IN_FLIGHT, FallbackLimiter, Limiter, LimitsConfig, LocalLimiter, Rate
 from whispr.security.origin import OriginPolicy
 from whispr.security.tokens import TokenConfig, TokenVerifier, mint_token
 from whispr.security.user_service import UserService
@@ -221,10 +221,13 @@ async def _security_child(node: Node, *, task_status: trio.TaskStatus[Gatekeeper
     node's local limiter standing in while Redis fails (reliability.md S11).
     """
     async with contextlib.AsyncExitStack() as stack:
-        limiter: Limiter = LocalLimiter()
+        local = LocalLimiter()
+        limiter: Limiter = local
         if node.settings.redis_url:
             client = await stack.enter_async_context(open_redis(node.settings.redis_url))
-            limiter = FallbackLimiter(RedisLimiter(client), limiter)
+            shared = RedisLimiter(client)
+            await shared.warm_up(PRIMARY_IN_FLIGHT)  # before the endpoint listens (reliability.md E2)
+            limiter = FallbackLimiter(shared, local)
         audit = AuditLog()
         settings = node.settings
         store = _needs(node.store, "store")

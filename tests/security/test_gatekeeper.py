@@ -196,6 +196,27 @@ async def test_message_rate_then_spam_block(autojump_clock: trio.abc.Clock, seen
     ]
 
 
+async def spam_until_blocked(guard: SocketGuard, accepted: int) -> None:
+    """`accepted` messages pass (what is left of the user's budget), then 3 refusals in a row block the user."""
+    for _ in range(accepted):
+        assert await guard.check_message("hi") is None
+    refusals = [await guard.check_message("hi") for _ in range(3)]
+    assert refusals[-1] == Refusal("blocked", 300_000, 1008)
+
+
+async def test_a_block_refuses_every_send_of_the_users_other_live_sockets(autojump_clock: trio.abc.Clock) -> None:
+    """contract.md §5 "spam": the block holds for the user, so a socket opened before it is refused
+    `blocked` (close 1008) on its next send, even once the message budget has refilled."""
+    gate = gatekeeper()
+    spammer, bystander = await guard_for(gate), await guard_for(gate)
+    assert await bystander.check_message("hi") is None
+    await spam_until_blocked(spammer, accepted=99)
+    await trio.sleep(60)  # the budget is full again; the block has 240 s left
+    assert await bystander.check_message("hi") == Refusal("blocked", 240_000, 1008)
+    await trio.sleep(240)
+    assert await bystander.check_message("hi") is None  # the block lapsed
+
+
 async def test_an_accepted_message_resets_the_spam_streak(autojump_clock: trio.abc.Clock) -> None:
     guard = await guard_for(gatekeeper())
     t0 = trio.current_time()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.drain.serve import ServeProcess
 from tests.node import SECRET, running_node
-from tests.security_e2e.client import TIMEOUT, Phx, in_thread
+from tests.security_e2e.client import TIMEOUT, ControlSet, Phx, in_thread
 from tests.security_e2e.conftest import start_control
 from tests.services import PostgresServer, RedisServer
 from whispr.api.client import ApiClient
@@ -49,25 +51,35 @@ def burst(phx: Phx, conversation_id: str) -> tuple[int, int, int | None]:
     return ok, len(replies) - ok, phx.close_code
 
 
-async def test_two_nodes_share_one_message_budget(tmp_path: Path, fresh_redis: RedisServer) -> None:
+@asynccontextmanager
+async def alice_on_two_nodes(tmp_path: Path, redis: RedisServer) -> AsyncIterator[tuple[ControlSet, str, Phx, Phx]]:
+    """Nodes n1 and n2 on one Redis and one store, a control set on n1, and alice's devices d1 on n1
+    and d2 on n2, both joined to her conversation with bob: (control, conversation, on n1, on n2)."""
     store_url = f"sqlite:///{tmp_path / 'shared.db'}"
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    common = {"redis_url": fresh_redis.url, "store_url": store_url}
+    common = {"redis_url": redis.url, "store_url": store_url}
     async with (
         running_node(tmp_path / "a", node_id="n1", **common) as a,
         running_node(tmp_path / "b", node_id="n2", **common) as b,
     ):
         control = await start_control(a)
-        await a.add_user("alice")
-        await a.add_user("bob")
-        assert a.node.store is not None
-        conversation_id = await a.node.store.create_conversation(["alice", "bob"])
-        on_a = await in_thread(Phx.connect, a.port, a.token("alice", "d1"), source="127.0.0.50")
-        on_b = await in_thread(Phx.connect, b.port, b.token("alice", "d2"), source="127.0.0.51")
-        for phx in (on_a, on_b):
-            assert (await in_thread(phx.join, f"conversation:{conversation_id}"))["status"] == "ok"
+        try:
+            await a.add_user("alice")
+            await a.add_user("bob")
+            assert a.node.store is not None
+            conversation_id = await a.node.store.create_conversation(["alice", "bob"])
+            on_a = await in_thread(Phx.connect, a.port, a.token("alice", "d1"), source="127.0.0.50")
+            on_b = await in_thread(Phx.connect, b.port, b.token("alice", "d2"), source="127.0.0.51")
+            for phx in (on_a, on_b):
+                assert (await in_thread(phx.join, f"conversation:{conversation_id}"))["status"] == "ok"
+            yield control, conversation_id, on_a, on_b
+        finally:
+            await in_thread(control.close)
 
+
+async def test_two_nodes_share_one_message_budget(tmp_path: Path, fresh_redis: RedisServer) -> None:
+    async with alice_on_two_nodes(tmp_path, fresh_redis) as (control, conversation_id, on_a, on_b):
         started = time.time()
         results: list[tuple[int, int, int | None]] = []
 
@@ -95,7 +107,6 @@ async def test_two_nodes_share_one_message_budget(tmp_path: Path, fresh_redis: R
             if phx.is_open():
                 await in_thread(phx.close)
         await in_thread(control.check)
-        await in_thread(control.close)
 
 
 @pytest.mark.slow
@@ -140,3 +151,29 @@ async def test_two_node_processes_share_one_message_budget(
             node.close()
     accepted = sum(ok for ok, _, _ in results)
     assert 100 <= accepted <= 100 + math.ceil(elapsed / 0.6), (results, elapsed)
+
+
+async def test_a_block_on_one_node_refuses_the_users_live_socket_on_the_other(
+    tmp_path: Path, fresh_redis: RedisServer
+) -> None:
+    """contract.md §5 "spam" across nodes: alice spams on node a until blocked; her device on node b,
+    joined before the block, gets `blocked` on its next push and is closed with 1008 (before the
+    fix it got `rate_limit_exceeded` and kept sending once the shared budget refilled)."""
+    async with alice_on_two_nodes(tmp_path, fresh_redis) as (control, conversation_id, on_a, on_b):
+
+        def spam_until_blocked() -> dict[str, Any]:
+            for i in range(300):  # 100 pass, 3 refusals in a row block (plus a few wall-time refills)
+                reply = on_a.send_message(conversation_id, f"s{i}", f"spam-{i}")
+                if reply["status"] == "error" and reply["response"]["reason"] == "blocked":
+                    return reply
+            raise AssertionError("alice was never blocked")
+
+        blocked = await in_thread(spam_until_blocked)
+        assert blocked["response"]["retry_after_ms"] == 300_000
+        assert await in_thread(on_a.wait_closed) == 1008
+        reply = await in_thread(on_b.send_message, conversation_id, "from b", "late-b")
+        assert reply["status"] == "error"
+        assert reply["response"]["reason"] == "blocked"
+        assert 0 < reply["response"]["retry_after_ms"] <= 300_000
+        assert await in_thread(on_b.wait_closed) == 1008
+        await in_thread(control.check)

@@ -265,3 +265,38 @@ async def test_blocked_user_other_live_socket_refused_on_join(
         assert len(audit_records(caplog_all, "suspicious_activity")) == 1  # one block, one record
         await in_thread(bob.close)
         await in_thread(control.check)
+
+
+async def test_blocked_user_other_live_socket_refused_on_send(
+    tmp_path: Path, clock: trio.testing.MockClock, caplog_all: pytest.LogCaptureFixture
+) -> None:
+    """Contract §3 push error `blocked`, §5 "spam": alice's second device, joined to the conversation
+    before her first one was blocked, is refused its next send with `blocked` and closed with 1008,
+    even once her message budget has refilled; nothing of that send is delivered."""
+    async with node_with_control(tmp_path) as (rn, control):
+        conversation_id, alice, bob = await member_pair(rn)
+        other = await in_thread(Phx.connect, rn.port, rn.token("alice", "d2"), source="127.0.0.23")
+        assert (await in_thread(other.join, f"conversation:{conversation_id}"))["status"] == "ok"
+
+        def spam() -> list[dict[str, Any]]:
+            return [alice.send_message(conversation_id, f"m{i}", f"spam-{i}") for i in range(103)]
+
+        with frozen(clock):
+            replies = await in_thread(spam)
+            assert [r["status"] for r in replies] == ["ok"] * 100 + ["error"] * 3
+            assert replies[-1]["response"]["reason"] == "blocked"
+            assert await in_thread(alice.wait_closed) == 1008
+            clock.jump(60)  # the message budget is full again; the block has 240 s left
+            reply = await in_thread(other.send_message, conversation_id, "after the block", "late-1")
+        assert reply == {"status": "error", "response": {"reason": "blocked", "retry_after_ms": 240_000}}
+        assert await in_thread(other.wait_closed) == 1008
+
+        def bob_got_only_the_100() -> int:
+            while bob.count_new_messages() < 100:
+                bob.inbox.append(bob._recv(10))
+            return bob.count_new_messages()
+
+        assert await in_thread(bob_got_only_the_100) == 100
+        assert len(audit_records(caplog_all, "suspicious_activity")) == 1  # one block, one record
+        await in_thread(bob.close)
+        await in_thread(control.check)

@@ -13,7 +13,7 @@ The breakers of a node (the `breaker` label of `whispr_circuit_state` in /metric
 |---|---|---|---|
 | `postgres` | every PostgreSQL store call (`adapters/postgres_store.py`), once it holds one of the pool's connection slots (waiting for a slot is local overload, not counted) | 2 s | `StoreUnavailable`: sends and store-backed joins get `service_unavailable`, /ready fails its store check; sockets stay |
 | `redis_pubsub` | publishing to Redis (`pubsub/cluster.py`) | 0.25 s | publications dropped; the receivers fill the gap from the store |
-| `redis_limits` | the shared rate limiter (`security/limits.py` `FallbackLimiter`) | 0.25 s | each node enforces the limits with its own budget |
+| `redis_limits` | the shared rate limiter (`security/limits.py` `FallbackLimiter`), once the call holds one of the client's connection slots (waiting for a slot is local overload, not counted) | 0.25 s | each node enforces the limits with its own budget |
 | `user_service` | the external user directory (`security/user_service.py`) | its timeout | the cached answer, else a refused connect |
 
 The SQLite store has no breaker: it is a local file, not a dependency that goes away and comes

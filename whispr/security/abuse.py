@@ -7,7 +7,8 @@
 | message_spam | `spam_strikes` message-rate refusals in a row on one socket (3) | the user |
 
 A verdict blocks its subject in the shared `Limiter` for `block_for` seconds (so every node refuses
-it: the gatekeeper checks IP and user blocks at the upgrade), writes one `suspicious_activity` audit
+it: the gatekeeper checks IP and user blocks at the upgrade and on every join, and `Limiter.hit`
+refuses every connect and send of a blocked subject), writes one `suspicious_activity` audit
 record and emits `ABUSE_DETECTED`. The socket layer answers a blocked socket with close 1008
 (contract §6).
 """

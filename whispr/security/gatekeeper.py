@@ -2,7 +2,7 @@
 
 At the upgrade (contract §1, §5; reliability S1, S2, S12):
 
-    client IP -> origin -> IP blocked? -> connect rate (+ connection abuse) -> per-IP slot -> token -> user blocked?
+    client IP -> origin -> IP blocked? + connect rate (+ connection abuse) -> per-IP slot -> token -> user blocked?
 
 Cheap stateless checks first; the attempt is counted before the slot is taken, so refused and
 garbage attempts still spend the connect budget; the slot is taken before the token is verified,
@@ -12,7 +12,9 @@ auth audit record (plus `limit_exceeded` / `suspicious_activity` when those fire
 
 On a socket: `check_join` before each `phx_join`, `check_message` before each `send_message` is
 stored. A `Refusal` is sent as the `phx_reply` error (`response()`); when its `close_code` is set
-(1008, blocked by abuse detection, contract §6) the socket is closed after that reply.
+(1008, blocked by abuse detection, contract §6) the socket is closed after that reply. A block set
+on any socket or node refuses every later join and send of that user, on sockets already open too:
+the message-rate hit itself refuses a blocked user (`Limiter.hit`), so this costs no extra call.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ class Gatekeeper:
         """Decide an upgrade. `token` is what the socket layer extracted (query, authToken
         subprotocol or bearer header), None when there was none.
 
-        Blocks on at most three limiter calls (Redis round trips with the shared limiter) and one
+        Blocks on at most two limiter calls (Redis round trips with the shared limiter) and one
         user-directory lookup; the token check is CPU only. Cancellable: a cancelled call holds no slot. Raises only what the
         limiter raises (nothing with `LocalLimiter` or `FallbackLimiter`); `peer` must be an IP.
         """
@@ -129,10 +131,10 @@ class Gatekeeper:
 
         if not self._origins.allows(headers.get("origin")):
             return refused(403, "bad_origin")
-        blocked = await self._limiter.blocked_for(ip_subject(client_ip))
-        if blocked:
-            return refused(429, "blocked", blocked)
-        if not (await self._limiter.hit(self._limits.connect_rate, client_ip)).allowed:
+        decision = await self._limiter.hit(self._limits.connect_rate, ip_subject(client_ip))
+        if decision.blocked:
+            return refused(429, "blocked", decision.retry_after)
+        if not decision.allowed:
             _limit_exceeded(self._audit, "connect", client_ip, None)
             verdict = await self._detector.connect_refused(client_ip)
             return refused(429, "connect_rate", verdict.seconds)
@@ -228,8 +230,11 @@ class SocketGuard:
 
     async def check_message(self, content: str) -> Refusal | None:
         """None: store and broadcast the message. Every call spends a token, oversize ones included,
-        so a flood of oversize messages is rate limited (and audited) like any other."""
-        decision = await self._limiter.hit(self._limits.message_rate, self._identity.user_id)
+        so a flood of oversize messages is rate limited (and audited) like any other. `blocked` (then
+        close 1008, contract §5 "spam", §6) when the user is blocked, by this socket or any other."""
+        decision = await self._limiter.hit(self._limits.message_rate, user_subject(self._identity.user_id))
+        if decision.blocked:
+            return Refusal("blocked", decision.retry_after_ms, CLOSE_POLICY_VIOLATION)
         if not decision.allowed:
             self._refusals_in_a_row += 1
             _limit_exceeded(self._audit, "message", self._client_ip, self._identity)

@@ -5,7 +5,8 @@
   `whispr.adapters.redis_limits.RedisLimiter` (one budget for the whole cluster) implement it.
   `FallbackLimiter` runs the Redis one behind a circuit breaker with a local one behind it
   (reliability S11: fail safe, never fail open; D2: a hung Redis costs a send at most the
-  breaker's call timeout, and nothing once the breaker is open).
+  breaker's call timeout, and nothing once the breaker is open). A hit on a blocked subject is
+  refused in the same step that counts it, so enforcing a block costs no extra round trip.
 - `ConnectionSlots` counts the live sockets (and pending handshakes) of each client IP on this
   node. It is deliberately per node: a slot belongs to a socket this process holds, and a shared
   counter would leak the slots of a node that dies.
@@ -26,24 +27,34 @@ Theory of operation:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar, TypeVarTuple
 
 import trio
 
-from whispr.resilience import CircuitBreaker, CircuitOpen
+from whispr.resilience import CircuitBreaker, CircuitOpen, State
 
 RateAlgorithm = Literal["token_bucket", "sliding_window"]
 MICROS = 1_000_000
 SWEEP_EVERY_US = 60 * MICROS  # how often LocalLimiter forgets idle keys
 
 PRIMARY_TIMEOUT = 0.25  # seconds a shared-limiter call may take (reliability.md D2 suggests 0.2 s for Redis)
+# Shared-limiter calls in flight at once: whispr.adapters.redis_client.open_redis's default pool, which
+# the limiter's own client has (whispr/app.py), so an admitted call never waits for a connection.
+PRIMARY_IN_FLIGHT = 32
+# Seconds a call may wait for one of those: open_redis's default pool_timeout, the bound the same
+# queue had when it formed in the client's pool, inside the breaker.
+PRIMARY_QUEUE_TIMEOUT = 2.0
 
 _log = logging.getLogger("whispr.security")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class LimiterUnavailable(Exception):
@@ -96,10 +107,14 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The outcome of one hit. `retry_after` (seconds) is 0 when allowed, else when a hit would pass."""
+    """The outcome of one hit. `retry_after` (seconds) is 0 when allowed, else when a hit would pass.
+
+    `blocked`: refused because the subject is blocked (`retry_after` is then what is left of the block).
+    """
 
     allowed: bool
     retry_after: float = 0.0
+    blocked: bool = False
 
     @property
     def retry_after_ms(self) -> int:
@@ -119,6 +134,9 @@ class Limiter(Protocol):
 
     async def hit(self, rate: Rate, subject: str) -> Decision:
         """Count one hit of `subject` against `rate`; refused hits consume nothing.
+
+        A blocked `subject` (see `block`) is refused before its budget is looked at:
+        `Decision(False, <seconds left on the block>, blocked=True)`, in the same atomic step.
 
         Raises:
             LimiterUnavailable: the backend failed (never raised by `LocalLimiter`).
@@ -217,6 +235,9 @@ class LocalLimiter:
 
     async def hit(self, rate: Rate, subject: str) -> Decision:
         await trio.lowlevel.checkpoint()
+        blocked = self.block_left(subject)
+        if blocked:
+            return Decision(False, blocked, blocked=True)
         now = self._now()
         state = self._states.get((rate, subject))
         if state is None:
@@ -230,6 +251,10 @@ class LocalLimiter:
 
     async def blocked_for(self, subject: str) -> float:
         await trio.lowlevel.checkpoint()
+        return self.block_left(subject)
+
+    def block_left(self, subject: str) -> float:
+        """`blocked_for` without the checkpoint: a dictionary lookup, for callers on a hot path."""
         left = self._blocks.get(subject, 0) - self._now()
         return left / MICROS if left > 0 else 0.0
 
@@ -240,6 +265,10 @@ class LocalLimiter:
             self._states = {key: state for key, state in self._states.items() if not state.idle(now)}
             self._blocks = {subject: until for subject, until in self._blocks.items() if until > now}
         return now
+
+
+class _NoAnswer(Exception):
+    """The shared limiter gave no answer: it failed, its breaker is open, or the node had no slot free."""
 
 
 class FallbackLimiter:
@@ -254,58 +283,102 @@ class FallbackLimiter:
     info line when it ends (the breaker's transitions are logged and counted through its
     CIRCUIT_STATE telemetry). Never raises `LimiterUnavailable`.
 
+    Admission (a busy node is not a Redis failure): at most `max_in_flight` calls are inside the
+    breaker at once; the others wait, FIFO, up to `PRIMARY_QUEUE_TIMEOUT` for one of those slots
+    *before* the breaker. The cause, measured under a connect storm (120-200 connects at once, three
+    calls each, 1 ms of CPU each besides, one Trio thread with the trio-asyncio bridge; Redis answers
+    in under 1 ms): every call was handed to redis-py at once and queued for one of the client's 32
+    pooled connections, and the asyncio loop worked through hundreds of such tasks, all inside the
+    breaker's 0.25 s: in-breaker p50 137-213 ms, 5-70 timeouts per storm, breaker open in 5 of 6
+    runs. With the slots, no admitted call waits for a connection and the breaker times only the
+    bridge and Redis on a busy loop: p50 18-37 ms, max 89-129 ms, 0 timeouts and 0 calls answered
+    locally in 6 runs. Taking a free slot is synchronous (no extra checkpoint per call); a call that
+    gets none in time is answered by `fallback` and counts neither way (the breaker never saw it).
+    A hung Redis still opens the breaker after 5 admitted calls time out, and the queue then drains
+    at once through the open breaker. Right after a start the first calls would also open their
+    connections and load their scripts inside the breaker: the app runs `RedisLimiter.warm_up`
+    before listening (tests/faults E2/E5: the breaker opened in 1 of 7 node starts with the slots
+    alone, in 0 of 21 with both). What the slots cannot remove is the loop's own lag: a call crosses
+    the bridge in two or three scheduling passes, so passes of over ~0.1 s still eat the 0.25 s.
+
+    A subject blocked on this node (`block` writes `fallback` too) is refused from `fallback`'s
+    mark without asking `primary`: a block holds through an outage, and on the node that set it
+    costs nothing. Blocks set on other nodes reach this one through `primary.hit`'s own check.
+
     Args:
         primary: the shared limiter.
         fallback: the node's own limiter.
         breaker: default `CircuitBreaker("redis_limits", call_timeout=PRIMARY_TIMEOUT)`, counting
             `LimiterUnavailable` and timeouts as failures.
+        max_in_flight: calls admitted to `breaker` at once (the Redis client's pool size).
     """
 
-    def __init__(self, primary: Limiter, fallback: Limiter, breaker: CircuitBreaker | None = None) -> None:
+    def __init__(
+        self,
+        primary: Limiter,
+        fallback: LocalLimiter,
+        breaker: CircuitBreaker | None = None,
+        max_in_flight: int = PRIMARY_IN_FLIGHT,
+    ) -> None:
         self._primary = primary
         self._fallback = fallback
         self._breaker = breaker or CircuitBreaker(
             "redis_limits", call_timeout=PRIMARY_TIMEOUT, failure_types=(LimiterUnavailable,)
         )
+        self._in_flight = trio.CapacityLimiter(max_in_flight)
         self._degraded = False
 
     async def hit(self, rate: Rate, subject: str) -> Decision:
+        blocked = self._fallback.block_left(subject)
+        if blocked:
+            await trio.lowlevel.checkpoint()
+            return Decision(False, blocked, blocked=True)
         try:
-            decision = await self._breaker.call(self._primary.hit, rate, subject)
-        except _PRIMARY_FAILED as exc:
-            self._failed(exc)
+            return await self._shared(self._primary.hit, rate, subject)
+        except _NoAnswer:
             return await self._fallback.hit(rate, subject)
-        self._recovered()
-        return decision
 
     async def block(self, subject: str, seconds: float) -> None:
         await self._fallback.block(subject, seconds)  # also locally: it must hold through an outage
-        try:
-            await self._breaker.call(self._primary.block, subject, seconds)
-        except _PRIMARY_FAILED as exc:
-            self._failed(exc)
-        else:
-            self._recovered()
+        with contextlib.suppress(_NoAnswer):
+            await self._shared(self._primary.block, subject, seconds)
 
     async def blocked_for(self, subject: str) -> float:
-        local = await self._fallback.blocked_for(subject)
+        local = self._fallback.block_left(subject)
         try:
-            shared = await self._breaker.call(self._primary.blocked_for, subject)
-        except _PRIMARY_FAILED as exc:
-            self._failed(exc)
+            shared = await self._shared(self._primary.blocked_for, subject)
+        except _NoAnswer:
             return local
-        self._recovered()
         return max(local, shared)
 
-    def _failed(self, exc: Exception) -> None:
-        if not self._degraded:
-            self._degraded = True
-            _log.warning("shared limiter unavailable, enforcing limits per node: %s", exc.__cause__ or exc)
+    async def _shared(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+        """`fn(*args)` on `primary`: a slot (see "Admission"), then the breaker.
 
-    def _recovered(self) -> None:
-        if self._degraded:
+        Blocking: up to `PRIMARY_QUEUE_TIMEOUT` for a slot while all are taken, then up to the
+        breaker's `call_timeout` (not at all while it is open). Cancellable. Raises `_NoAnswer`.
+        """
+        try:
+            self._in_flight.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_after(PRIMARY_QUEUE_TIMEOUT) as queued:
+                await self._in_flight.acquire()
+            if queued.cancelled_caught:
+                raise _NoAnswer from None  # this node's own load, not a Redis failure: not counted
+        try:
+            result = await self._breaker.call(fn, *args)
+        except _PRIMARY_FAILED as exc:
+            if not self._degraded:
+                self._degraded = True
+                _log.warning("shared limiter unavailable, enforcing limits per node: %s", exc.__cause__ or exc)
+            raise _NoAnswer from exc
+        finally:
+            self._in_flight.release()
+        # Only once the breaker has closed: a call admitted before it opened may still succeed after,
+        # and its success ends no outage (logging it did flap the two lines, seen in the D2 logs).
+        if self._degraded and self._breaker.state is State.CLOSED:
             self._degraded = False
             _log.info("shared limiter available again")
+        return result
 
 
 class ConnectionSlots:
