@@ -50,7 +50,7 @@ async def test_two_nodes_share_one_budget_per_subject_on_every_master(
             per_master: dict[str, list[str]] = {n.name: [] for n in a.get_primaries()}
             while min(len(s) for s in per_master.values()) < 2:
                 subject = f"user:{uuid.uuid4().hex}"
-                node = a.get_node_from_key(f"whispr:limit:{rate.name}:{subject}")
+                node = a.get_node_from_key(f"whispr:limit:{rate.name}:{{{subject}}}")  # as RedisLimiter keys it
                 assert node is not None
                 per_master[node.name].append(subject)
             nodes = [RedisLimiter(a, clock), RedisLimiter(b, clock)]
