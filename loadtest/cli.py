@@ -23,6 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", nargs="?", choices=SCENARIOS)
     p.add_argument("--compare", nargs=2, metavar=("A.jsonl", "B.jsonl"), help="print B/A ratios of two results")
     p.add_argument("--url", default="ws://127.0.0.1:4000/socket", help="socket base URL (phoenix.js style)")
+    p.add_argument(
+        "--node-port",
+        type=int,
+        action="append",
+        default=[],
+        help="another node on --url's host (repeatable): connection i goes to port i mod k of [--url's, these]",
+    )
     p.add_argument("-n", "--connections", type=int, default=100, help="connections / subscribers")
     p.add_argument("--procs", type=int, default=1, help="worker processes (each ≤ 15,000 sockets)")
     p.add_argument("--source-ips", type=int, default=8, help="spread over N loopback addresses (0: no bind)")
@@ -80,6 +87,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
     cfg = Config(
         scenario=ns.scenario,
         url=ns.url,
+        node_ports=ns.node_port,
         connections=ns.connections,
         procs=ns.procs,
         source_ips=ns.source_ips,

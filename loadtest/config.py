@@ -21,6 +21,7 @@ MARKER_PLACEHOLDER = "{marker}"
 class Config:
     scenario: str
     url: str = "ws://127.0.0.1:4000/socket"  # the socket base, as given to phoenix.js
+    node_ports: list[int] = field(default_factory=list)  # more nodes on the url's host: sockets round-robin over all
     connections: int = 100  # connect: storm size; hold: idle connections; fanout: subscribers; rtt: C
     procs: int = 1
     source_ips: int = 8  # spread connections over N loopback addresses from source_base on (0: no explicit bind)
@@ -98,6 +99,11 @@ class Config:
         parts = urlsplit(self.url)
         return parts.port or (443 if parts.scheme == "wss" else 80)
 
+    def port_for(self, i: int) -> int:
+        """The port connection i connects to: round-robin over the url's port and `node_ports`."""
+        ports = [self.port, *self.node_ports]
+        return ports[i % len(ports)]
+
     def target(self, token: str | None = None) -> str:
         """The request target: `<base path>/websocket?...&vsn=2.0.0` (what phoenix.js sends)."""
         parts = urlsplit(self.url)
@@ -152,6 +158,8 @@ class Config:
             raise ValueError("only ws:// URLs are supported (loopback load tests)")
         if not self.host.startswith("127."):
             raise ValueError("load tests target loopback only (127.0.0.0/8)")
+        if any(not 0 < p < 65536 for p in self.node_ports):
+            raise ValueError("--node-port must be a TCP port (1-65535)")
         if self.connections < 1 or self.procs < 1:
             raise ValueError("--connections and --procs must be at least 1")
         per_proc = -(-self.connections // self.procs)

@@ -111,7 +111,7 @@ class Worker:
         target = self.target if token is None else cfg.target(token)
         with trio.fail_after(cfg.connect_timeout):
             ws = await WsClient.connect(
-                cfg.host, cfg.port, target, source=cfg.source_for(i), subprotocols=self.subprotocols, on_tcp=tcp
+                cfg.host, cfg.port_for(i), target, source=cfg.source_for(i), subprotocols=self.subprotocols, on_tcp=tcp
             )
             try:
                 t_up = trio.current_time()

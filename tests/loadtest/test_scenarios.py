@@ -89,6 +89,14 @@ async def test_hold_reports_server_memory_and_cpu(standin: LoadStandIn) -> None:
     assert summary["client_kib_per_conn"] > 0
 
 
+async def test_node_ports_spread_connections_round_robin(standin: LoadStandIn, nursery: trio.Nursery) -> None:
+    other: LoadStandIn = await nursery.start(LoadStandIn().serve)
+    cfg = config(standin, "connect", connections=21, node_ports=[other.ws_port])
+    summary, _ = await run_quietly(cfg)
+    assert summary["joined"] == 21
+    assert (standin.connects, other.connects) == (11, 10)  # i even -> --url's port, i odd -> the other node
+
+
 async def test_fanout_over_websocket_counts_add_up(standin: LoadStandIn) -> None:
     cfg = config(standin, "fanout", procs=2, event="shout", count=5, msg_rate=50.0, drain=5.0)
     summary, _ = await run_quietly(cfg)
