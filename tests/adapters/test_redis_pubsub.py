@@ -102,9 +102,11 @@ async def test_a_full_channel_drops_and_counts(redis: RedisServer) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_unreachable_redis_fails_fast_with_pubsub_unavailable() -> None:
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    with trio.fail_after(5):
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:{port}/0", "redis+cluster://127.0.0.1:{port}"])
+async def test_unreachable_redis_fails_fast_with_pubsub_unavailable(url: str) -> None:
+    """One server or a cluster (no seed answers): both buses fail with PubSubUnavailable, not a hang."""
+    url = url.format(port=free_port())
+    with trio.fail_after(10):
         async with open_bridge(), open_redis_bus(url, io_timeout=0.2) as bus:
             with pytest.raises(PubSubUnavailable):
                 await bus.publish([("x", b"y")])
