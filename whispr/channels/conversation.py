@@ -41,12 +41,12 @@ from whispr.channels.base import (
     reply_ok,
     stop,
 )
-from whispr.delivery.deps import Deps, Guard
-from whispr.delivery.live import Feed, Gate, Page, conversation_reader
+from whispr.delivery.deps import Deps
+from whispr.delivery.live import Feed, Gate, Page, Reader, conversation_reader
 from whispr.delivery.router import Draft, InvalidPayload, NotMember, seq_param
 from whispr.delivery.store import ConversationNotFound, StoreUnavailable, iso_ms
 from whispr.presence import PRESENCE_STATE_EVENT, AlreadyTracked
-from whispr.protocol import Payload, Reason
+from whispr.protocol import Payload, Reason, SharedFrames
 from whispr.security.gatekeeper import Refusal
 
 TOPIC_PREFIX = "conversation:"
@@ -101,6 +101,60 @@ def untrack_presence(socket: ChannelSocket, deps: Deps) -> None:
     deps.presence.untrack(socket.topic, socket.identity.user_id, socket.identity.socket_id)
 
 
+def last_seq_param(params: Payload) -> int | None:
+    """The join's `last_seq` (a seq, or None to use the stored position). Raises `InvalidPayload`."""
+    last_seq = params.get("last_seq") if isinstance(params, dict) else None
+    return None if last_seq is None else seq_param(last_seq)
+
+
+class FeedChannel(Channel):
+    """What the `user:` and `conversation:` channels share: one device handed a live feed through
+    its own replay gate (`whispr.delivery.live`), and tracked in the topic's presence.
+
+    A subclass's accepted join calls `_start`; after the join reply the channel pushes
+    `presence_state` (protocol.md §5.2), then replays the first page and switches to live. A store
+    failure during that replay raises: the client gets `phx_error` and rejoins from its position.
+    `terminate` stops live delivery and presence for the device.
+    """
+
+    __slots__ = ("_deps", "_feed", "_first", "_gate", "_socket")
+
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+        # Set by an accepted join (`_start`).
+        self._socket: ChannelSocket
+        self._gate: Gate
+        self._feed: Feed
+        self._first: Page | None = None  # the first replay page, until the after-join step sends it
+
+    def _start(self, socket: ChannelSocket, topic: str, position: int, read: Reader, first: Page) -> None:
+        """The join is accepted: gate the feed of `topic` from `position` (its first page read),
+        track the device's presence, and queue the after-join step."""
+        self._socket = socket
+        self._gate = Gate(socket.identity.user_id, position, self._deliver)
+        self._feed = self._deps.live.attach(topic, self._gate, read)
+        self._first = first
+        track_presence(socket, self._deps)
+        socket.send_info(_AFTER_JOIN)
+
+    def _deliver(self, seq: int, payload: dict[str, Any], frames: SharedFrames | None) -> None:
+        """The gate's `Deliver` (a method, not a closure per join: memory per idle socket)."""
+        self._socket.push_shared(NEW_MESSAGE, payload, frames)
+
+    async def handle_info(self, message: object, socket: ChannelSocket) -> HandleInfoResult:
+        """The after-join step: `presence_state`, then the replay and the switch to live."""
+        if message == _AFTER_JOIN and self._first is not None:
+            first, self._first = self._first, None
+            socket.push(PRESENCE_STATE_EVENT, self._deps.presence.list(socket.topic))
+            await self._deps.live.catch_up(self._feed, self._gate, first)
+        return NOREPLY
+
+    async def terminate(self, reason: Reason, socket: ChannelSocket) -> None:
+        """Stop live delivery and presence for this device."""
+        self._deps.live.detach(socket.topic, self._gate)
+        untrack_presence(socket, self._deps)
+
+
 def refuse(refusal: Refusal, socket: ChannelSocket) -> HandleInResult:
     """Answer a guard refusal; a refusal with a close code closes the socket after the reply."""
     if refusal.close_code is not None:
@@ -108,18 +162,10 @@ def refuse(refusal: Refusal, socket: ChannelSocket) -> HandleInResult:
     return reply_error(refusal.response())
 
 
-class ConversationChannel(Channel):
+class ConversationChannel(FeedChannel):
     """One device on one conversation. Built per join by `make_router`."""
 
-    __slots__ = ("_deps", "_feed", "_first", "_gate", "_guard")
-
-    def __init__(self, deps: Deps) -> None:
-        self._deps = deps
-        # Set by an accepted join.
-        self._guard: Guard
-        self._gate: Gate
-        self._feed: Feed
-        self._first: Page | None = None  # the first replay page, until `after_join` sends it
+    __slots__ = ("_guard",)  # set by an accepted join
 
     async def join(self, topic: str, params: Payload, socket: ChannelSocket) -> JoinOk | JoinError:
         """Members only; reads the first replay page (see the module docstring)."""
@@ -131,8 +177,7 @@ class ConversationChannel(Channel):
         if refusal is not None:
             return error(refusal.response(), refusal.close_code)
         try:
-            last_seq = params.get("last_seq") if isinstance(params, dict) else None
-            position = None if last_seq is None else seq_param(last_seq)
+            position = last_seq_param(params)
         except InvalidPayload:
             return error(INVALID_PAYLOAD)
         read = conversation_reader(deps.store, conversation_id)
@@ -149,13 +194,7 @@ class ConversationChannel(Channel):
         except StoreUnavailable:
             return error(SERVICE_UNAVAILABLE)
         self._guard = guard
-        self._gate = Gate(
-            identity.user_id, position, lambda seq, payload, frames: socket.push_shared(NEW_MESSAGE, payload, frames)
-        )
-        self._feed = deps.live.attach(topic, self._gate, read)
-        self._first = first
-        track_presence(socket, deps)
-        socket.send_info(_AFTER_JOIN)
+        self._start(socket, topic, position, read, first)
         return ok({"conversation_id": conversation_id, "last_seq": first.head, "recovered": first.recovered})
 
     async def handle_in(self, event: str, payload: Payload, socket: ChannelSocket) -> HandleInResult:
@@ -207,19 +246,10 @@ class ConversationChannel(Channel):
         return reply_ok({"message_id": message.id, "seq": message.seq, "duplicate": duplicate})
 
     async def handle_info(self, message: object, socket: ChannelSocket) -> HandleInfoResult:
-        """After the join: `presence_state`, then the replay and the switch to live. A store
-        failure during the replay raises: the client gets `phx_error` and rejoins from its position."""
-        if message == _AFTER_JOIN and self._first is not None:
-            first, self._first = self._first, None
-            socket.push(PRESENCE_STATE_EVENT, self._deps.presence.list(socket.topic))
-            await self._deps.live.catch_up(self._feed, self._gate, first)
-        elif isinstance(message, CloseSocket):
+        """`FeedChannel`'s after-join step, and `CloseSocket` (a refusal that closes the socket)."""
+        if isinstance(message, CloseSocket):
             refusal = message.refusal
             assert refusal.close_code is not None  # only sent for those
             self._deps.connections.close(socket.identity, refusal.close_code, refusal.reason)
-        return NOREPLY
-
-    async def terminate(self, reason: Reason, socket: ChannelSocket) -> None:
-        """Stop live delivery and presence for this device."""
-        self._deps.live.detach(socket.topic, self._gate)
-        untrack_presence(socket, self._deps)
+            return NOREPLY
+        return await super().handle_info(message, socket)

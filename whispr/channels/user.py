@@ -27,13 +27,9 @@ Errors: `invalid_payload`, `service_unavailable` (the store failed; channel kept
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 from whispr.channels.base import (
-    NOREPLY,
-    Channel,
     ChannelSocket,
-    HandleInfoResult,
     HandleInResult,
     JoinError,
     JoinOk,
@@ -44,25 +40,22 @@ from whispr.channels.base import (
 )
 from whispr.channels.conversation import (
     INVALID_PAYLOAD,
-    NEW_MESSAGE,
     SERVICE_UNAVAILABLE,
     UNKNOWN_EVENT,
     ConversationChannel,
-    track_presence,
-    untrack_presence,
+    FeedChannel,
+    last_seq_param,
 )
 from whispr.channels.notification import NotificationChannel
 from whispr.channels.router import Router
 from whispr.delivery.deps import Deps
-from whispr.delivery.live import Feed, Gate, Page, inbox_page, inbox_reader, user_topic
+from whispr.delivery.live import inbox_page, inbox_reader, user_topic
 from whispr.delivery.router import InvalidPayload, seq_param
 from whispr.delivery.store import StoreUnavailable
-from whispr.presence import PRESENCE_STATE_EVENT
-from whispr.protocol import Payload, Reason, SharedFrames
+from whispr.protocol import Payload
 
 SYNC_LIMIT = 500
 """Most entries one `sync` returns (contract §3), also its default."""
-_AFTER_JOIN = "after_join"
 
 
 def make_router(deps: Deps) -> Router:
@@ -76,18 +69,10 @@ def make_router(deps: Deps) -> Router:
     )
 
 
-class UserChannel(Channel):
+class UserChannel(FeedChannel):
     """One device on its user's inbox. Built per join by `make_router`."""
 
-    __slots__ = ("_deps", "_feed", "_first", "_gate", "_socket")
-
-    def __init__(self, deps: Deps) -> None:
-        self._deps = deps
-        # Set by an accepted join.
-        self._socket: ChannelSocket
-        self._gate: Gate
-        self._feed: Feed
-        self._first: Page | None = None  # the first replay page, until `after_join` sends it
+    __slots__ = ()
 
     async def join(self, topic: str, params: Payload, socket: ChannelSocket) -> JoinOk | JoinError:
         """That user only; reads the first replay page (see the module docstring)."""
@@ -99,8 +84,7 @@ class UserChannel(Channel):
         if refusal is not None:
             return error(refusal.response(), refusal.close_code)
         try:
-            last_seq = params.get("last_seq") if isinstance(params, dict) else None
-            position = None if last_seq is None else seq_param(last_seq)
+            position = last_seq_param(params)
         except InvalidPayload:
             return error(INVALID_PAYLOAD)
         read = inbox_reader(deps.store, identity.user_id)
@@ -114,12 +98,7 @@ class UserChannel(Channel):
                 first = await read(position, deps.live.page_size)
         except StoreUnavailable:
             return error(SERVICE_UNAVAILABLE)
-        self._socket = socket
-        self._gate = Gate(identity.user_id, position, self._deliver)
-        self._feed = deps.live.attach(topic, self._gate, read)
-        self._first = first
-        track_presence(socket, deps)
-        socket.send_info(_AFTER_JOIN)
+        self._start(socket, topic, position, read, first)
         return ok(
             {
                 "user_id": identity.user_id,
@@ -128,10 +107,6 @@ class UserChannel(Channel):
                 "recovered": first.recovered,
             }
         )
-
-    def _deliver(self, seq: int, payload: dict[str, Any], frames: SharedFrames | None) -> None:
-        """The gate's `Deliver` (a method, not a closure per join: memory per idle socket)."""
-        self._socket.push_shared(NEW_MESSAGE, payload, frames)
 
     async def handle_in(self, event: str, payload: Payload, socket: ChannelSocket) -> HandleInResult:
         """See the module docstring's table."""
@@ -163,17 +138,3 @@ class UserChannel(Channel):
         except StoreUnavailable:
             return reply_error(SERVICE_UNAVAILABLE)
         return reply_error(UNKNOWN_EVENT)
-
-    async def handle_info(self, message: object, socket: ChannelSocket) -> HandleInfoResult:
-        """After the join: `presence_state`, then the replay and the switch to live. A store
-        failure during the replay raises: the client gets `phx_error` and rejoins from its position."""
-        if message == _AFTER_JOIN and self._first is not None:
-            first, self._first = self._first, None
-            socket.push(PRESENCE_STATE_EVENT, self._deps.presence.list(socket.topic))
-            await self._deps.live.catch_up(self._feed, self._gate, first)
-        return NOREPLY
-
-    async def terminate(self, reason: Reason, socket: ChannelSocket) -> None:
-        """Stop live delivery and presence for this device."""
-        self._deps.live.detach(socket.topic, self._gate)
-        untrack_presence(socket, self._deps)
